@@ -1,0 +1,3 @@
+"""lwd: learning while deploying."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""lwd.learner."""
