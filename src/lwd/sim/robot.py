@@ -1,0 +1,203 @@
+"""SimRobot: a simulated UR5e on OGBench manipulation, with per-robot deployment shift.
+
+Usage loop (the same for real robots through the ``Robot`` protocol)::
+
+    robot = SimRobot("robot-3", Perturbation.sample(seed=3))
+    obs = robot.reset(task, seed=17)
+    while not robot.done():
+        for action in policy.infer(obs).actions:
+            result = robot.act(action)
+            if result.done:
+                break
+        obs = robot.observe()
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import gymnasium as gym
+import numpy as np
+
+from lwd.sim.layout import ACTION_DIM, pack_state
+from lwd.sim.progress import SubtaskTracker
+from lwd.sim.tasks import CONTROL_DT, SceneGoal, TaskSpec
+from lwd.types import Observation, StepResult
+
+
+class Robot(Protocol):
+    """What the fleet needs from a robot, real or simulated."""
+
+    def reset(self, task: TaskSpec, seed: int) -> Observation: ...
+    def observe(self) -> Observation: ...
+    def act(self, action: np.ndarray) -> StepResult: ...
+    def done(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """Deployment shift of one robot. All zeros/ones is the nominal robot.
+
+    Attributes:
+        action_noise: std of Gaussian noise added to every executed action (normalised units).
+        action_delay: control steps between a command and its execution (commands queue up).
+        object_offset: fixed (x, y) shift in metres of the cube's starting position.
+        start_offset: fixed (x, y, z) shift in metres of the arm's start-pose sampling box.
+        friction_scale: multiplier on every geom's sliding friction.
+    """
+
+    action_noise: float = 0.0
+    action_delay: int = 0
+    object_offset: tuple[float, float] = (0.0, 0.0)
+    start_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    friction_scale: float = 1.0
+
+    @classmethod
+    def sample(cls, seed: int, strength: float = 1.0) -> Perturbation:
+        """A robot's perturbation, drawn once from its seed; ``strength`` scales every shift."""
+        rng = np.random.default_rng([seed, 7919])
+        s = float(strength)
+        return cls(
+            action_noise=float(rng.uniform(0.0, 0.06) * s),
+            action_delay=int(rng.uniform() < 0.25 * s),
+            object_offset=tuple(float(v) for v in rng.uniform(-0.015, 0.015, 2) * s),
+            start_offset=tuple(float(v) for v in rng.uniform(-0.03, 0.03, 3) * s),
+            friction_scale=float(1.0 + rng.uniform(-0.2, 0.2) * s),
+        )
+
+
+class SimRobot:
+    """A simulated robot; one OGBench environment per environment kind, built lazily.
+
+    Args:
+        robot_id: name recorded with every step.
+        perturbation: this robot's deployment shift.
+        image_size: if set, observations carry ``(image_size, image_size, 3)`` uint8 frames
+            (needs MuJoCo offscreen rendering, e.g. ``MUJOCO_GL=osmesa``).
+    """
+
+    def __init__(
+        self,
+        robot_id: str,
+        perturbation: Perturbation | None = None,
+        image_size: int | None = None,
+    ) -> None:
+        self.robot_id = robot_id
+        self.perturbation = perturbation or Perturbation()
+        self.image_size = image_size
+        self._envs: dict[str, gym.Env] = {}
+        self.env = None
+        self.task: TaskSpec | None = None
+        self.info: dict = {}
+        self._raw_ob: np.ndarray | None = None
+        self._rng = np.random.default_rng(0)
+        self._queue: collections.deque = collections.deque()
+        self._tracker: SubtaskTracker | None = None
+        self.steps = 0
+        self.success = False
+        self._done = True
+
+    # -- environment management -------------------------------------------------------------
+    def _make_env(self, kind: str):
+        if kind not in self._envs:
+            kwargs = dict(mode="task", terminate_at_goal=False, visualize_info=False)
+            if self.image_size:
+                kwargs.update(width=self.image_size, height=self.image_size)
+            env = gym.make(f"{kind}-v0", **kwargs).unwrapped
+            env.reset(options=dict(task_id=1))  # compiles the model
+            p = self.perturbation
+            env._arm_sampling_bounds = np.clip(
+                env._arm_sampling_bounds + np.asarray(p.start_offset),
+                env._workspace_bounds[0],
+                env._workspace_bounds[1],
+            )
+            env._model.geom_friction[:, 0] *= p.friction_scale
+            self._envs[kind] = env
+        return self._envs[kind]
+
+    def _task_info(self, task: TaskSpec) -> dict:
+        info = task.ogbench_task_info()
+        if task.env_kind == "scene" and any(self.perturbation.object_offset):
+            init: SceneGoal = task.init
+            dx, dy = self.perturbation.object_offset
+            x, y, z = init.cube_xyz
+            info["init"] = replace(init, cube_xyz=(x + dx, y + dy, z)).as_ogbench()
+        return info
+
+    # -- Robot protocol ---------------------------------------------------------------------
+    def reset(self, task: TaskSpec, seed: int) -> Observation:
+        """Start an episode of ``task``; ``seed`` fixes the start pose and all noise."""
+        self.env = self._make_env(task.env_kind)
+        self.task = task
+        self._rng = np.random.default_rng([seed, 104729])
+        self._raw_ob, self.info = self.env.reset(
+            seed=int(seed), options=dict(task_info=self._task_info(task))
+        )
+        self._queue = collections.deque(
+            np.zeros(ACTION_DIM) for _ in range(self.perturbation.action_delay)
+        )
+        self._tracker = SubtaskTracker(task, self.env)
+        self.steps = 0
+        self.success = False
+        self._done = False
+        return self.observe()
+
+    def observe(self) -> Observation:
+        if self.task is None:
+            raise RuntimeError("call reset(task, seed) before observe()")
+        image = None
+        if self.image_size:
+            camera = "front_pixels" if self.task.env_kind == "scene" else "front"
+            image = np.ascontiguousarray(self.env.render(camera=camera), dtype=np.uint8)
+        state = pack_state(self.task.env_kind, self._raw_ob)
+        return Observation(state=state, instruction=self.task.instruction, image=image)
+
+    def act(self, action: np.ndarray) -> StepResult:
+        """Execute one action (``(A,)`` in [-1, 1]); perturbations apply here."""
+        if self._done:
+            raise RuntimeError("episode is over; call reset() before act()")
+        action = np.asarray(action, dtype=np.float64).reshape(-1)
+        if action.shape != (ACTION_DIM,) or not np.all(np.isfinite(action)):
+            raise ValueError(f"action must be {ACTION_DIM} finite numbers, got {action!r}")
+        self._queue.append(np.clip(action, -1.0, 1.0))
+        executed = self._queue.popleft()
+        if self.perturbation.action_noise > 0:
+            executed = executed + self._rng.normal(0.0, self.perturbation.action_noise, ACTION_DIM)
+        self._raw_ob, _, _, _, self.info = self.env.step(np.clip(executed, -1.0, 1.0))
+        self.steps += 1
+        self.success = bool(self.env._success)
+        self._tracker.update()
+        self._done = self.success or self.steps >= self.task.horizon
+        return StepResult(
+            state=pack_state(self.task.env_kind, self._raw_ob),
+            reward=1.0 if self.success else 0.0,
+            success=self.success,
+            done=self._done,
+            progress=self.progress,
+        )
+
+    def done(self) -> bool:
+        return self._done
+
+    # -- episode facts ----------------------------------------------------------------------
+    @property
+    def progress(self) -> float:
+        """Fraction of the task's subtasks achieved so far (1.0 once the goal is reached)."""
+        if self._tracker is None:
+            return 0.0
+        return 1.0 if self.success else self._tracker.fraction
+
+    @property
+    def subtasks_done(self) -> int:
+        return 0 if self._tracker is None else self._tracker.count
+
+    @property
+    def cycle_time_s(self) -> float:
+        return self.steps * CONTROL_DT
+
+    def close(self) -> None:
+        for env in self._envs.values():
+            env.close()
+        self._envs.clear()
