@@ -1,0 +1,54 @@
+"""Evaluation worker process: ``python -m lwd.eval.worker`` (spoken to by lwd.workers)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from lwd.eval.evaluator import _ROBOT_SEED_BASE, OPERATOR
+from lwd.sim.operator import ScriptedOperator
+from lwd.sim.robot import Perturbation, SimRobot
+from lwd.sim.rollout import policy_episode, scripted_episode
+from lwd.sim.tasks import get_task
+from lwd.types import EvalEpisodeResult, Source
+from lwd.workers import serve
+
+
+def setup(init: dict):
+    torch.set_num_threads(1)  # one process per core; threads would only fight each other
+    runner = None
+    if init["policy"] != OPERATOR:
+        from lwd.policy.checkpoint import load_policy, read_checkpoint_config
+        from lwd.policy.flow import FlowPolicyRunner
+
+        policy = load_policy(init["policy"])
+        version = int(read_checkpoint_config(init["policy"]).get("extra", {}).get("version", 1))
+        runner = FlowPolicyRunner(policy, version=version, seed=0)
+    robots: dict[tuple[int, bool], SimRobot] = {}
+
+    def handle(job: dict) -> dict:
+        key = (job["robot"], job["perturb"])
+        if key not in robots:
+            pert = Perturbation.sample(_ROBOT_SEED_BASE + job["robot"]) if job["perturb"] else None
+            robots[key] = SimRobot(f"eval-robot-{job['robot']}", pert)
+        robot = robots[key]
+        task = get_task(job["task"], job["suite"])
+        if runner is None:
+            op = ScriptedOperator(robot, "demonstrator", seed=job["seed"])
+            ep = scripted_episode(robot, op, task, job["seed"], Source.DEMO)
+        else:
+            runner._generator.manual_seed(job["seed"])  # sampling noise is part of the protocol
+            ep = policy_episode(robot, runner, task, job["seed"])
+        result = EvalEpisodeResult(
+            task=task.name, seed=job["seed"], success=ep.success, progress=ep.progress,
+            cycle_time_s=ep.cycle_time_s, num_steps=ep.num_steps,
+            extras={"robot": robot.robot_id},
+        )
+        return dataclasses.asdict(result)
+
+    return handle
+
+
+if __name__ == "__main__":
+    serve(setup)

@@ -1,0 +1,100 @@
+"""Multi-layer perceptrons and the sinusoidal embedding of the flow time.
+
+Pure torch modules; no losses, no optimizers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "silu": nn.SiLU}
+
+
+def make_activation(name: str) -> nn.Module:
+    """Build an activation module by name (``"gelu"`` or ``"silu"``)."""
+    try:
+        return _ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(
+            f"unknown activation {name!r}; expected one of {sorted(_ACTIVATIONS)}"
+        ) from None
+
+
+class MLP(nn.Module):
+    """``Linear -> [LayerNorm] -> activation`` per hidden layer, then a final ``Linear``.
+
+    Example:
+        >>> net = MLP(10, (64, 64), 3, layer_norm=True)
+        >>> net(torch.zeros(8, 10)).shape
+        torch.Size([8, 3])
+
+    Args:
+        in_dim: input features.
+        hidden: width of each hidden layer (may be empty: then a single ``Linear``).
+        out_dim: output features.
+        layer_norm: add a LayerNorm after every hidden ``Linear``.
+        activation: ``"gelu"`` or ``"silu"``.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: Sequence[int],
+        out_dim: int,
+        *,
+        layer_norm: bool = False,
+        activation: str = "gelu",
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev = in_dim
+        for width in hidden:
+            layers.append(nn.Linear(prev, width))
+            if layer_norm:
+                layers.append(nn.LayerNorm(width))
+            layers.append(make_activation(activation))
+            prev = width
+        layers.append(nn.Linear(prev, out_dim))
+        self.net = nn.Sequential(*layers)
+        self.in_dim = in_dim
+        self.out_dim = out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``(..., in_dim)`` to ``(..., out_dim)``."""
+        return self.net(x)
+
+
+def sinusoidal_time_embedding(
+    w: torch.Tensor, dim: int, *, scale: float = 1000.0, max_period: float = 10000.0
+) -> torch.Tensor:
+    """Sinusoidal features of the flow time ``w`` in ``[0, 1]``.
+
+    Feature ``i < dim / 2`` is ``sin(scale * w * f_i)`` and feature ``dim / 2 + i`` is
+    ``cos(scale * w * f_i)``, with frequencies ``f_i = max_period ** (-i / (dim / 2))``
+    geometrically spaced from 1 down to ``1 / max_period`` (the transformer / diffusion
+    convention, with ``w`` scaled by ``scale`` so that ``[0, 1]`` spans many periods of the
+    fastest feature). At ``w = 0`` the first half is all 0 and the second half all 1.
+
+    Args:
+        w: ``(B,)`` flow times (any float dtype; a 0-dim tensor is treated as ``(1,)``).
+        dim: number of features; must be even and positive.
+        scale: multiplier applied to ``w`` before the frequencies.
+        max_period: the slowest feature's period, in units of ``scale * w``.
+
+    Returns:
+        ``(B, dim)`` features in the dtype of ``w`` (float32 if ``w`` is not floating).
+    """
+    if dim <= 0 or dim % 2:
+        raise ValueError(f"time embedding size must be a positive even number, got {dim}")
+    w = w.reshape(-1)
+    if not torch.is_floating_point(w):
+        w = w.float()
+    half = dim // 2
+    exponent = torch.arange(half, device=w.device, dtype=torch.float32) / half
+    freqs = torch.exp(-math.log(max_period) * exponent).to(w.dtype)
+    args = (scale * w)[:, None] * freqs[None, :]
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)

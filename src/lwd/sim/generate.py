@@ -1,0 +1,108 @@
+"""Offline data generation: the mixture a real team's offline buffer holds.
+
+Per task: demonstrations (about half), rollouts of a weak scripted policy (successful and failed,
+labelled by outcome), and play (labelled unsuccessful). Episodes come from a pool of perturbed
+simulated robots and are written into an :class:`~lwd.data.store.EpisodeStore` by parallel worker
+processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lwd.data.store import EpisodeStore
+from lwd.sim.operator import ScriptedOperator
+from lwd.sim.robot import Perturbation, SimRobot
+from lwd.sim.rollout import scripted_episode
+from lwd.sim.tasks import get_suite, get_task, task_names
+from lwd.types import Source
+from lwd.workers import run_jobs, serve
+
+KINDS = {"demo": ("demonstrator", Source.DEMO), "weak": ("weak", Source.AUTONOMOUS),
+         "play": ("player", Source.PLAY)}
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """What to generate."""
+
+    suite: str = "fleet8"
+    """Task suite."""
+    episodes_per_task: int = 40
+    """Episodes per task, split by the fractions below."""
+    demo_fraction: float = 0.5
+    """Share of demonstrations."""
+    weak_fraction: float = 0.3
+    """Share of weak-policy rollouts (the rest is play)."""
+    robots: int = 8
+    """Simulated robots in the pool, each with its own perturbation."""
+    perturbation_strength: float = 1.0
+    """Scale of every robot's deployment shift."""
+    seed: int = 0
+    """Base seed; job i uses seed (seed, i)."""
+    workers: int = 2
+    """Parallel worker processes."""
+
+
+def plan_jobs(cfg: GenerateConfig) -> list[dict]:
+    """The list of episodes to generate, deterministic in ``cfg``."""
+    if cfg.episodes_per_task < 1:
+        raise ValueError("episodes_per_task must be at least 1")
+    if not 0 <= cfg.demo_fraction + cfg.weak_fraction <= 1:
+        raise ValueError("demo_fraction + weak_fraction must lie in [0, 1]")
+    jobs = []
+    n = cfg.episodes_per_task
+    n_demo = round(n * cfg.demo_fraction)
+    n_weak = round(n * cfg.weak_fraction)
+    for task in task_names(cfg.suite):
+        kinds = ["demo"] * n_demo + ["weak"] * n_weak + ["play"] * (n - n_demo - n_weak)
+        for i, kind in enumerate(kinds):
+            idx = len(jobs)
+            jobs.append(dict(
+                suite=cfg.suite, task=task, kind=kind, seed=cfg.seed * 1_000_003 + idx,
+                robot=idx % cfg.robots, strength=cfg.perturbation_strength, paraphrase=i,
+            ))
+    return jobs
+
+
+def generate(cfg: GenerateConfig, out: str | Path, progress=None) -> dict:
+    """Generate the offline dataset into the store at ``out``; returns its summary.
+
+    ``progress(done, total, result)`` is called after every episode if given.
+    """
+    get_suite(cfg.suite)  # fail early on a bad suite name
+    store = EpisodeStore(out, known_tasks=task_names(cfg.suite))
+    jobs = plan_jobs(cfg)
+    init = {"store": str(Path(out).resolve()), "suite": cfg.suite}
+    for done, result in enumerate(run_jobs("lwd.sim.generate", jobs, cfg.workers, init), 1):
+        if progress is not None:
+            progress(done, len(jobs), result)
+    store.snapshot()
+    return store.summary()
+
+
+def _worker_setup(init: dict):
+    store = EpisodeStore(init["store"], known_tasks=task_names(init["suite"]))
+    robots: dict[int, SimRobot] = {}
+
+    def handle(job: dict) -> dict:
+        key = job["robot"]
+        if key not in robots:
+            pert = Perturbation.sample(seed=10_000 + key, strength=job["strength"])
+            robots[key] = SimRobot(f"gen-robot-{key}", pert)
+        robot = robots[key]
+        task = get_task(job["task"], job["suite"])
+        role, source = KINDS[job["kind"]]
+        operator = ScriptedOperator(robot, role, seed=job["seed"])
+        instruction = task.instructions[job["paraphrase"] % len(task.instructions)]
+        ep = scripted_episode(robot, operator, task, job["seed"], source, instruction)
+        episode_id = store.put(ep)
+        return dict(task=task.name, kind=job["kind"], success=ep.success, steps=ep.num_steps,
+                    progress=ep.progress, id=episode_id)
+
+    return handle
+
+
+if __name__ == "__main__":
+    serve(_worker_setup)

@@ -1,0 +1,85 @@
+"""Networks of the flow policy: MLP, time embedding, image encoder, velocity field."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lwd.config import PolicyConfig
+from lwd.nets.image import ImageEncoder
+from lwd.nets.mlp import MLP, sinusoidal_time_embedding
+from lwd.nets.velocity import VelocityField
+
+TINY = PolicyConfig(state_dim=6, action_dim=2, chunk=3, width=32, depth=2, lang_dim=8)
+
+
+def test_mlp_shapes_and_layer_norm():
+    net = MLP(4, (16, 16), 3, layer_norm=True, activation="silu")
+    assert net(torch.zeros(5, 4)).shape == (5, 3)
+    assert sum(isinstance(m, torch.nn.LayerNorm) for m in net.modules()) == 2
+    with pytest.raises(ValueError, match="unknown activation"):
+        MLP(4, (8,), 1, activation="relu6")
+
+
+def test_time_embedding_at_zero_is_sin0_cos1():
+    emb = sinusoidal_time_embedding(torch.zeros(3), 8)
+    assert emb.shape == (3, 8)
+    torch.testing.assert_close(emb[:, :4], torch.zeros(3, 4))
+    torch.testing.assert_close(emb[:, 4:], torch.ones(3, 4))
+
+
+def test_time_embedding_known_values():
+    w = torch.tensor([0.5])
+    emb = sinusoidal_time_embedding(w, 4, scale=1.0, max_period=100.0)
+    # frequencies 1 and 100 ** -0.5 = 0.1
+    expected = [math.sin(0.5), math.sin(0.05), math.cos(0.5), math.cos(0.05)]
+    torch.testing.assert_close(emb[0], torch.tensor(expected))
+    with pytest.raises(ValueError, match="even"):
+        sinusoidal_time_embedding(w, 5)
+
+
+def test_image_encoder_on_random_uint8_batch():
+    enc = ImageEncoder(features=16, image_size=32, channels=(8, 16))
+    frames = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
+    out = enc(frames)
+    assert out.shape == (2, 16) and out.dtype == torch.float32 and out.isfinite().all()
+    out.sum().backward()
+    assert all(p.grad is not None for p in enc.parameters())
+    with pytest.raises(TypeError, match="uint8"):
+        enc(frames.float())
+    with pytest.raises(ValueError, match="built for 32x32"):
+        enc(torch.zeros(1, 16, 16, 3, dtype=torch.uint8))
+
+
+def test_velocity_field_context_path_equals_forward():
+    torch.manual_seed(0)
+    field = VelocityField(TINY)
+    state, lang = torch.randn(4, 6), torch.randn(4, 8)
+    x, w = torch.randn(4, 6), torch.rand(4)
+    ctx = field.encode_context(state, lang)
+    assert ctx.shape == (4, TINY.width)
+    torch.testing.assert_close(field.velocity(ctx, x, w), field(state, lang, x, w))
+    # a float w is the same as a batch of equal times
+    torch.testing.assert_close(
+        field.velocity(ctx, x, 0.3), field.velocity(ctx, x, torch.full((4,), 0.3))
+    )
+    assert field(state, lang, x, w).shape == (4, 6)
+
+
+def test_velocity_field_with_images_and_shape_errors():
+    cfg = PolicyConfig(
+        state_dim=6, action_dim=2, chunk=3, width=32, depth=1, lang_dim=8,
+        use_images=True, image_size=16, image_features=8,
+    )  # fmt: skip
+    field = VelocityField(cfg)
+    state, lang = torch.randn(2, 6), torch.randn(2, 8)
+    image = torch.randint(0, 256, (2, 16, 16, 3), dtype=torch.uint8)
+    assert field(state, lang, torch.randn(2, 6), torch.rand(2), image).shape == (2, 6)
+    with pytest.raises(ValueError, match="pass image"):
+        field(state, lang, torch.randn(2, 6), torch.rand(2))
+    with pytest.raises(ValueError, match=r"state must have shape \(B, 6\)"):
+        field(torch.randn(2, 5), lang, torch.randn(2, 6), torch.rand(2), image)
+    with pytest.raises(ValueError, match="H\\*A"):
+        field(state, lang, torch.randn(2, 7), torch.rand(2), image)
