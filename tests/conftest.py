@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import uuid
+
+# The test session is an entry point: offline model loading and offscreen rendering, set before
+# any library reads them.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MUJOCO_GL", "osmesa")
+os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
 import numpy as np
 import pytest

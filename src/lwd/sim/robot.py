@@ -20,6 +20,7 @@ from typing import Protocol
 
 import gymnasium as gym
 import numpy as np
+import ogbench.manipspace  # noqa: F401  (registers the OGBench manipulation environments)
 
 from lwd.sim.layout import ACTION_DIM, pack_state
 from lwd.sim.progress import SubtaskTracker

@@ -1,0 +1,212 @@
+"""``lwd <command>``: parse arguments, set process-wide settings once, call the package."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def _setup_process(threads: int | None) -> None:
+    # Read by libraries at import time, so set before anything imports them.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("MUJOCO_GL", "osmesa")
+    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    warnings.filterwarnings("ignore", module="gymnasium")
+    warnings.filterwarnings("ignore", module="glfw")
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _progress(description: str):
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    return Progress(TextColumn(f"[bold]{description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+
+
+# -- commands ------------------------------------------------------------------------------
+def cmd_data_generate(args) -> int:
+    from lwd.sim.generate import GenerateConfig, generate
+
+    cfg = GenerateConfig(suite=args.suite, episodes_per_task=args.episodes, seed=args.seed,
+                         workers=args.workers, robots=args.robots)
+    with _progress("generating episodes") as bar:
+        tid = bar.add_task("gen", total=None, info="")
+
+        def on(done, total, r):
+            bar.update(tid, completed=done, total=total,
+                       info=f"{r['task']} {r['kind']} {'ok' if r['success'] else 'fail'}")
+
+        summary = generate(cfg, args.out, progress=on)
+    _print_store_summary(summary, args.out)
+    return 0
+
+
+def cmd_data_info(args) -> int:
+    from lwd.data.store import EpisodeStore
+
+    if not (Path(args.dir) / "index.sqlite").is_file():
+        raise FileNotFoundError(f"{args.dir} is not an episode store (no index.sqlite)")
+    _print_store_summary(EpisodeStore(args.dir).summary(), args.dir)
+    return 0
+
+
+def _print_store_summary(summary: dict, where) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"episode store {where}")
+    for col in ("task", "episodes", "steps", "success rate"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for task, s in sorted(summary["tasks"].items()):
+        table.add_row(task, str(s["episodes"]), str(s["steps"]), f"{s['success_rate']:.2f}")
+    Console().print(table)
+    print("sources:", json.dumps(summary["sources"]))
+
+
+def cmd_train_sft(args) -> int:
+    from lwd.config import preset
+    from lwd.learner.sft import train_sft
+    from lwd.sim.tasks import task_names
+
+    cfg = preset(args.preset)
+    overrides = {k: v for k, v in dict(steps=args.steps, batch_size=args.batch_size,
+                                       max_demos_per_task=args.max_demos_per_task,
+                                       seed=args.seed, lr=args.lr).items() if v is not None}
+    cfg = dataclasses.replace(cfg, **overrides)
+    if args.width:
+        cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, width=args.width))
+    with _progress("SFT") as bar:
+        tid = bar.add_task("sft", total=cfg.steps, info="")
+
+        def on(step, total, m):
+            if step % 10 == 0 or step == total:
+                bar.update(tid, completed=step, info=f"loss {m['bc/loss']:.4f}")
+
+        summary = train_sft(cfg, args.data, args.out, on_step=on, known_tasks=task_names())
+    print(json.dumps({k: v for k, v in summary.items() if k != "final"}, indent=1))
+    print(f"checkpoint: {args.out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from rich.console import Console
+
+    from lwd.config import EvalConfig
+    from lwd.eval.evaluator import evaluate
+
+    cfg = EvalConfig(suite=args.suite, episodes_per_task=args.episodes, seed=args.seed,
+                     perturb=not args.no_perturb, workers=args.workers)
+    with _progress("evaluating") as bar:
+        tid = bar.add_task("eval", total=None, info="")
+
+        def on(done, total, r):
+            bar.update(tid, completed=done, total=total,
+                       info=f"{r.task} {'ok' if r.success else 'fail'}")
+
+        report = evaluate(args.policy, cfg, on_episode=on)
+    Console().print(report.table())
+    if args.json:
+        path = report.write_json(args.json)
+        png = report.plot(Path(args.json).with_suffix(".png"))
+        print(f"wrote {path} and {png}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """For now: data -> SFT -> eval, end to end, on one machine."""
+    out = Path(args.out)
+    episodes, steps, eval_eps = (6, 300, 2) if args.quick else (24, 2000, 10)
+    data, ckpt = out / "data", out / "sft"
+    if not (data / "index.sqlite").is_file():
+        cmd_data_generate(argparse.Namespace(suite="fleet8", out=data, episodes=episodes,
+                                             seed=0, workers=args.workers, robots=8))
+    cmd_train_sft(argparse.Namespace(preset="sft-default", data=data, out=ckpt, steps=steps,
+                                     batch_size=None, max_demos_per_task=None, seed=None,
+                                     lr=None, width=None))
+    return cmd_eval(argparse.Namespace(policy=str(ckpt), suite="fleet8", episodes=eval_eps,
+                                       seed=1000, no_perturb=False, workers=args.workers,
+                                       json=str(out / "eval.json")))
+
+
+# -- parser --------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lwd", description="learning while deploying")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads in this process (default: torch's choice)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="offline datasets").add_subparsers(dest="data_cmd",
+                                                                          required=True)
+    g = data.add_parser("generate", help="generate the offline buffer of a task suite")
+    g.add_argument("--suite", default="fleet8")
+    g.add_argument("--out", required=True, help="episode store directory to create or extend")
+    g.add_argument("--episodes", type=int, default=40, help="episodes per task")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--workers", type=int, default=2)
+    g.add_argument("--robots", type=int, default=8, help="simulated robots in the pool")
+    g.set_defaults(func=cmd_data_generate)
+    i = data.add_parser("info", help="summarise an episode store")
+    i.add_argument("dir")
+    i.set_defaults(func=cmd_data_info)
+
+    train = sub.add_parser("train", help="training").add_subparsers(dest="train_cmd",
+                                                                    required=True)
+    s = train.add_parser("sft", help="flow-matching behaviour cloning on demonstrations")
+    s.add_argument("--data", required=True)
+    s.add_argument("--out", required=True, help="checkpoint directory (resumed if present)")
+    s.add_argument("--preset", default="sft-default")
+    s.add_argument("--steps", type=int)
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--max-demos-per-task", type=int)
+    s.add_argument("--lr", type=float)
+    s.add_argument("--width", type=int)
+    s.add_argument("--seed", type=int)
+    s.set_defaults(func=cmd_train_sft)
+
+    e = sub.add_parser("eval", help="evaluate a policy with the fixed protocol")
+    e.add_argument("--policy", required=True, help="checkpoint directory, or 'operator'")
+    e.add_argument("--suite", default="fleet8")
+    e.add_argument("--episodes", type=int, default=20, help="episodes per task")
+    e.add_argument("--seed", type=int, default=1000)
+    e.add_argument("--workers", type=int, default=2)
+    e.add_argument("--no-perturb", action="store_true", help="nominal robots only")
+    e.add_argument("--json", help="write the report here (and a PNG beside it)")
+    e.set_defaults(func=cmd_eval)
+
+    d = sub.add_parser("demo", help="the end-to-end demo on one machine")
+    d.add_argument("--out", default="demo_out")
+    d.add_argument("--quick", action="store_true", help="a minute-scale run")
+    d.add_argument("--workers", type=int, default=2)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_process(args.threads)
+    from lwd.data.schema import EpisodeValidationError
+    from lwd.policy.checkpoint import CheckpointError
+
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, KeyError, CheckpointError,
+            EpisodeValidationError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"lwd: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""data -> SFT (a few steps) -> eval (one episode per task), through the command line."""
+
+import json
+
+import pytest
+
+from lwd.cli import main
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("smoke")
+
+
+def test_data_sft_eval_through_the_cli(workdir, capsys):
+    data, ckpt, report = workdir / "data", workdir / "sft", workdir / "eval.json"
+    assert main(["data", "generate", "--out", str(data), "--episodes", "2"]) == 0
+    assert main(["data", "info", str(data)]) == 0
+    assert main(["--threads", "1", "train", "sft", "--data", str(data), "--out", str(ckpt),
+                 "--steps", "4", "--batch-size", "16", "--width", "32"]) == 0
+    assert (ckpt / "model.safetensors").is_file() and (ckpt / "normalizer.json").is_file()
+    assert main(["eval", "--policy", str(ckpt), "--episodes", "1", "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "average" in out and "put-in-drawer" in out
+    result = json.loads(report.read_text())
+    assert len(result["tasks"]) == 8 and len(result["episodes"]) == 8
+    assert 0.0 <= result["avg_success"] <= 1.0
+    assert report.with_suffix(".png").stat().st_size > 1000
+
+    # Resuming a finished run with the same settings trains nothing more and succeeds.
+    assert main(["--threads", "1", "train", "sft", "--data", str(data), "--out", str(ckpt),
+                 "--steps", "4", "--batch-size", "16", "--width", "32"]) == 0
+    # Resuming with different settings is refused, loudly, and the checkpoint is kept.
+    assert main(["train", "sft", "--data", str(data), "--out", str(ckpt), "--steps", "8",
+                 "--batch-size", "16", "--width", "32"]) == 2
+    assert "different config" in capsys.readouterr().err
+    assert (ckpt / "model.safetensors").is_file()

@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+
+from lwd.sim.operator import OperatorConfig, ScriptedOperator
+from lwd.sim.robot import Perturbation, SimRobot
+from lwd.sim.rollout import scripted_episode
+from lwd.sim.tasks import get_task
+from lwd.types import Source
+
+
+@pytest.fixture(scope="module")
+def robot():
+    r = SimRobot("test-robot", Perturbation.sample(1))
+    yield r
+    r.close()
+
+
+def test_perturbation_is_seeded_per_robot():
+    assert Perturbation.sample(3) == Perturbation.sample(3)
+    assert Perturbation.sample(3) != Perturbation.sample(4)
+    assert Perturbation.sample(3, strength=0.0) == Perturbation(friction_scale=1.0)
+
+
+def test_reset_is_deterministic_and_observation_shaped(robot):
+    task = get_task("press-center")
+    a = robot.reset(task, seed=5)
+    b = robot.reset(task, seed=5)
+    assert a.state.shape == (78,) and a.state.dtype == np.float32
+    np.testing.assert_array_equal(a.state, b.state)
+    assert a.instruction == task.instruction
+
+
+def test_demonstrator_solves_press_center(robot):
+    task = get_task("press-center")
+    ep = scripted_episode(robot, ScriptedOperator(robot, seed=0), task, 0, Source.DEMO)
+    assert ep.success and ep.terminated and ep.progress == 1.0
+    assert ep.rewards[-1] == 1.0 and ep.rewards[:-1].sum() == 0
+    assert ep.states.shape == (ep.num_steps + 1, 78)
+    assert ep.cycle_time_s == pytest.approx(ep.num_steps * 0.05)
+
+
+def test_play_is_never_successful(robot):
+    task = get_task("press-center")
+    ep = scripted_episode(robot, ScriptedOperator(robot, "player", seed=1), task, 1, Source.PLAY)
+    assert not ep.success and ep.rewards.sum() == 0
+    assert set(ep.sources.tolist()) == {int(Source.PLAY)}
+
+
+def test_bad_actions_and_order_are_errors(robot):
+    robot.reset(get_task("press-center"), seed=0)
+    with pytest.raises(ValueError, match="5 finite numbers"):
+        robot.act(np.zeros(4))
+    with pytest.raises(ValueError, match="finite"):
+        robot.act(np.array([0, 0, np.nan, 0, 0]))
+    with pytest.raises(ValueError, match="unknown operator role"):
+        ScriptedOperator(robot, "teacher")
+
+
+def test_intervention_takes_over_when_stalled_and_hands_back(robot):
+    task = get_task("press-center")
+    cfg = OperatorConfig(patience=10, max_takeover=60, budget=100)
+    op = ScriptedOperator(robot, cfg=cfg, seed=0)
+    obs = robot.reset(task, seed=2)
+    op.reset_episode(2)
+    controlled = []
+    while not robot.done():
+        if op.wants_control(obs):
+            action = op.act(obs)
+            controlled.append(robot.steps)
+        else:
+            action = np.zeros(5)  # a robot policy that does nothing makes no progress
+        robot.act(action)
+        obs = robot.observe()
+    assert controlled and controlled[0] == 10  # took over exactly after `patience` idle steps
+    assert robot.success  # the operator finished the job
+    assert op.budget_left == 100 - len(controlled)
