@@ -28,25 +28,46 @@ def _setup_process(threads: int | None) -> None:
 
 
 def _progress(description: str):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    return Progress(TextColumn(f"[bold]{description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+    return Progress(
+        TextColumn(f"[bold]{description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+    )
 
 
 # -- commands ------------------------------------------------------------------------------
 def cmd_data_generate(args) -> int:
     from lwd.sim.generate import GenerateConfig, generate
 
-    cfg = GenerateConfig(suite=args.suite, episodes_per_task=args.episodes, seed=args.seed,
-                         workers=args.workers, robots=args.robots)
+    cfg = GenerateConfig(
+        suite=args.suite,
+        episodes_per_task=args.episodes,
+        seed=args.seed,
+        workers=args.workers,
+        robots=args.robots,
+    )
     with _progress("generating episodes") as bar:
         tid = bar.add_task("gen", total=None, info="")
 
         def on(done, total, r):
-            bar.update(tid, completed=done, total=total,
-                       info=f"{r['task']} {r['kind']} {'ok' if r['success'] else 'fail'}")
+            bar.update(
+                tid,
+                completed=done,
+                total=total,
+                info=f"{r['task']} {r['kind']} {'ok' if r['success'] else 'fail'}",
+            )
 
         summary = generate(cfg, args.out, progress=on)
     _print_store_summary(summary, args.out)
@@ -81,9 +102,17 @@ def cmd_train_sft(args) -> int:
     from lwd.sim.tasks import task_names
 
     cfg = preset(args.preset)
-    overrides = {k: v for k, v in dict(steps=args.steps, batch_size=args.batch_size,
-                                       max_demos_per_task=args.max_demos_per_task,
-                                       seed=args.seed, lr=args.lr).items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in dict(
+            steps=args.steps,
+            batch_size=args.batch_size,
+            max_demos_per_task=args.max_demos_per_task,
+            seed=args.seed,
+            lr=args.lr,
+        ).items()
+        if v is not None
+    }
     cfg = dataclasses.replace(cfg, **overrides)
     if args.width:
         cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, width=args.width))
@@ -106,14 +135,20 @@ def cmd_eval(args) -> int:
     from lwd.config import EvalConfig
     from lwd.eval.evaluator import evaluate
 
-    cfg = EvalConfig(suite=args.suite, episodes_per_task=args.episodes, seed=args.seed,
-                     perturb=not args.no_perturb, workers=args.workers)
+    cfg = EvalConfig(
+        suite=args.suite,
+        episodes_per_task=args.episodes,
+        seed=args.seed,
+        perturb=not args.no_perturb,
+        workers=args.workers,
+    )
     with _progress("evaluating") as bar:
         tid = bar.add_task("eval", total=None, info="")
 
         def on(done, total, r):
-            bar.update(tid, completed=done, total=total,
-                       info=f"{r.task} {'ok' if r.success else 'fail'}")
+            bar.update(
+                tid, completed=done, total=total, info=f"{r.task} {'ok' if r.success else 'fail'}"
+            )
 
         report = evaluate(args.policy, cfg, on_episode=on)
     Console().print(report.table())
@@ -130,25 +165,51 @@ def cmd_demo(args) -> int:
     episodes, steps, eval_eps = (6, 300, 2) if args.quick else (24, 2000, 10)
     data, ckpt = out / "data", out / "sft"
     if not (data / "index.sqlite").is_file():
-        cmd_data_generate(argparse.Namespace(suite="fleet8", out=data, episodes=episodes,
-                                             seed=0, workers=args.workers, robots=8))
-    cmd_train_sft(argparse.Namespace(preset="sft-default", data=data, out=ckpt, steps=steps,
-                                     batch_size=None, max_demos_per_task=None, seed=None,
-                                     lr=None, width=None))
-    return cmd_eval(argparse.Namespace(policy=str(ckpt), suite="fleet8", episodes=eval_eps,
-                                       seed=1000, no_perturb=False, workers=args.workers,
-                                       json=str(out / "eval.json")))
+        cmd_data_generate(
+            argparse.Namespace(
+                suite="fleet8", out=data, episodes=episodes, seed=0, workers=args.workers, robots=8
+            )
+        )
+    cmd_train_sft(
+        argparse.Namespace(
+            preset="sft-default",
+            data=data,
+            out=ckpt,
+            steps=steps,
+            batch_size=None,
+            max_demos_per_task=None,
+            seed=None,
+            lr=None,
+            width=None,
+        )
+    )
+    return cmd_eval(
+        argparse.Namespace(
+            policy=str(ckpt),
+            suite="fleet8",
+            episodes=eval_eps,
+            seed=1000,
+            no_perturb=False,
+            workers=args.workers,
+            json=str(out / "eval.json"),
+        )
+    )
 
 
 # -- parser --------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lwd", description="learning while deploying")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads in this process (default: torch's choice)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads in this process (default: torch's choice)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
-    data = sub.add_parser("data", help="offline datasets").add_subparsers(dest="data_cmd",
-                                                                          required=True)
+    data = sub.add_parser("data", help="offline datasets").add_subparsers(
+        dest="data_cmd", required=True
+    )
     g = data.add_parser("generate", help="generate the offline buffer of a task suite")
     g.add_argument("--suite", default="fleet8")
     g.add_argument("--out", required=True, help="episode store directory to create or extend")
@@ -161,8 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("dir")
     i.set_defaults(func=cmd_data_info)
 
-    train = sub.add_parser("train", help="training").add_subparsers(dest="train_cmd",
-                                                                    required=True)
+    train = sub.add_parser("train", help="training").add_subparsers(dest="train_cmd", required=True)
     s = train.add_parser("sft", help="flow-matching behaviour cloning on demonstrations")
     s.add_argument("--data", required=True)
     s.add_argument("--out", required=True, help="checkpoint directory (resumed if present)")
@@ -201,8 +261,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, KeyError, CheckpointError,
-            EpisodeValidationError) as exc:
+    except (
+        FileNotFoundError,
+        ValueError,
+        KeyError,
+        CheckpointError,
+        EpisodeValidationError,
+    ) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"lwd: error: {msg}", file=sys.stderr)
         return EXIT_USAGE

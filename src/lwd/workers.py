@@ -40,8 +40,12 @@ def run_jobs(
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", module],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env=env, bufsize=1,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            bufsize=1,
         )
         for _ in range(n)
     ]
@@ -73,7 +77,9 @@ def run_jobs(
                     raise RuntimeError(f"worker {module} (pid {p.pid}) died:\n{err}")
                 msg = json.loads(line)
                 if "error" in msg:
-                    raise RuntimeError(f"worker {module} failed on job {msg.get('id')}:\n{msg['error']}")
+                    raise RuntimeError(
+                        f"worker {module} failed on job {msg.get('id')}:\n{msg['error']}"
+                    )
                 remaining -= 1
                 feed(p)
                 yield msg["result"]

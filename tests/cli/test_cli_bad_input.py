@@ -12,8 +12,10 @@ from lwd.cli import main
         (["eval", "--policy", "operator", "--suite", "fleet9"], "did you mean 'fleet8'"),
         (["eval", "--policy", "operator", "--episodes", "0"], "at least 1"),
         (["train", "sft", "--data", "/no/such/data", "--out", "/tmp/x"], "not an episode store"),
-        (["train", "sft", "--data", "/tmp", "--out", "/tmp/x", "--preset", "sft-defualt"],
-         "did you mean sft-default"),
+        (
+            ["train", "sft", "--data", "/tmp", "--out", "/tmp/x", "--preset", "sft-defualt"],
+            "did you mean sft-default",
+        ),
         (["data", "generate", "--out", "/tmp/x", "--episodes", "0"], "at least 1"),
         (["data", "generate", "--out", "/tmp/x", "--suite", "fleet"], "did you mean 'fleet8'"),
         (["data", "info", "/no/such/store"], "not an episode store"),
@@ -30,8 +32,21 @@ def test_sft_without_demonstrations_is_a_clear_error(tmp_path, capsys, make_epis
 
     store = EpisodeStore(tmp_path / "data")
     store.put(make_episode(source=Source.PLAY, success=False))
-    assert main(["train", "sft", "--data", str(tmp_path / "data"), "--out",
-                 str(tmp_path / "ckpt"), "--steps", "2"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "sft",
+                "--data",
+                str(tmp_path / "data"),
+                "--out",
+                str(tmp_path / "ckpt"),
+                "--steps",
+                "2",
+            ]
+        )
+        == 2
+    )
     assert "no episodes to train on" in capsys.readouterr().err
     assert len(store) == 1  # nothing already stored is affected
 

@@ -16,8 +16,27 @@ def test_data_sft_eval_through_the_cli(workdir, capsys):
     data, ckpt, report = workdir / "data", workdir / "sft", workdir / "eval.json"
     assert main(["data", "generate", "--out", str(data), "--episodes", "2"]) == 0
     assert main(["data", "info", str(data)]) == 0
-    assert main(["--threads", "1", "train", "sft", "--data", str(data), "--out", str(ckpt),
-                 "--steps", "4", "--batch-size", "16", "--width", "32"]) == 0
+    assert (
+        main(
+            [
+                "--threads",
+                "1",
+                "train",
+                "sft",
+                "--data",
+                str(data),
+                "--out",
+                str(ckpt),
+                "--steps",
+                "4",
+                "--batch-size",
+                "16",
+                "--width",
+                "32",
+            ]
+        )
+        == 0
+    )
     assert (ckpt / "model.safetensors").is_file() and (ckpt / "normalizer.json").is_file()
     assert main(["eval", "--policy", str(ckpt), "--episodes", "1", "--json", str(report)]) == 0
     out = capsys.readouterr().out
@@ -28,10 +47,46 @@ def test_data_sft_eval_through_the_cli(workdir, capsys):
     assert report.with_suffix(".png").stat().st_size > 1000
 
     # Resuming a finished run with the same settings trains nothing more and succeeds.
-    assert main(["--threads", "1", "train", "sft", "--data", str(data), "--out", str(ckpt),
-                 "--steps", "4", "--batch-size", "16", "--width", "32"]) == 0
+    assert (
+        main(
+            [
+                "--threads",
+                "1",
+                "train",
+                "sft",
+                "--data",
+                str(data),
+                "--out",
+                str(ckpt),
+                "--steps",
+                "4",
+                "--batch-size",
+                "16",
+                "--width",
+                "32",
+            ]
+        )
+        == 0
+    )
     # Resuming with different settings is refused, loudly, and the checkpoint is kept.
-    assert main(["train", "sft", "--data", str(data), "--out", str(ckpt), "--steps", "8",
-                 "--batch-size", "16", "--width", "32"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "sft",
+                "--data",
+                str(data),
+                "--out",
+                str(ckpt),
+                "--steps",
+                "8",
+                "--batch-size",
+                "16",
+                "--width",
+                "32",
+            ]
+        )
+        == 2
+    )
     assert "different config" in capsys.readouterr().err
     assert (ckpt / "model.safetensors").is_file()

@@ -32,10 +32,15 @@ def plan_episodes(cfg: EvalConfig) -> list[dict]:
     jobs = []
     for j, task in enumerate(get_suite(cfg.suite)):
         for i in range(cfg.episodes_per_task):
-            jobs.append(dict(
-                suite=cfg.suite, task=task.name, seed=cfg.seed * 100_003 + j * 1_009 + i,
-                robot=i % cfg.num_robots, perturb=cfg.perturb,
-            ))
+            jobs.append(
+                dict(
+                    suite=cfg.suite,
+                    task=task.name,
+                    seed=cfg.seed * 100_003 + j * 1_009 + i,
+                    robot=i % cfg.num_robots,
+                    perturb=cfg.perturb,
+                )
+            )
     return jobs
 
 

@@ -46,13 +46,18 @@ class EvalReport:
             succ = np.array([r.success for r in rs], dtype=np.float64)
             times = np.array([r.cycle_time_s for r in rs])
             n = len(rs)
-            stats.append(TaskStats(
-                task=spec.name, long=spec.long, episodes=n, success=float(succ.mean()),
-                success_se=float(succ.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0,
-                progress=float(np.mean([r.progress for r in rs])),
-                cycle_time_s=float(times.mean()),
-                cycle_time_success_s=float(times[succ > 0].mean()) if succ.any() else math.nan,
-            ))
+            stats.append(
+                TaskStats(
+                    task=spec.name,
+                    long=spec.long,
+                    episodes=n,
+                    success=float(succ.mean()),
+                    success_se=float(succ.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0,
+                    progress=float(np.mean([r.progress for r in rs])),
+                    cycle_time_s=float(times.mean()),
+                    cycle_time_success_s=float(times[succ > 0].mean()) if succ.any() else math.nan,
+                )
+            )
         return cls(policy, cfg, tuple(stats), tuple(results))
 
     # -- aggregates -------------------------------------------------------------------------
@@ -72,8 +77,11 @@ class EvalReport:
     # -- outputs ----------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return dict(
-            policy=self.policy, config=to_dict(self.config),
-            avg_success=self.avg_success, avg_score=self.avg_score, min_success=self.min_success,
+            policy=self.policy,
+            config=to_dict(self.config),
+            avg_success=self.avg_success,
+            avg_score=self.avg_score,
+            min_success=self.min_success,
             tasks=[dataclasses.asdict(t) for t in self.tasks],
             episodes=[dataclasses.asdict(e) for e in self.episodes],
         )
@@ -94,13 +102,22 @@ class EvalReport:
             table.add_column(col, justify="left" if col in ("task", "kind") else "right")
         for t in self.tasks:
             table.add_row(
-                t.task, "long" if t.long else "short", str(t.episodes),
-                f"{t.success:.2f} ± {t.success_se:.2f}", f"{t.progress:.2f}",
+                t.task,
+                "long" if t.long else "short",
+                str(t.episodes),
+                f"{t.success:.2f} ± {t.success_se:.2f}",
+                f"{t.progress:.2f}",
                 f"{t.cycle_time_s:.1f}",
             )
         table.add_section()
-        table.add_row("average", "", str(len(self.episodes)), f"{self.avg_success:.2f}",
-                      f"{self.avg_score:.2f} (score)", "")
+        table.add_row(
+            "average",
+            "",
+            str(len(self.episodes)),
+            f"{self.avg_success:.2f}",
+            f"{self.avg_score:.2f} (score)",
+            "",
+        )
         return table
 
     def plot(self, path: str | Path) -> Path:
@@ -114,13 +131,20 @@ class EvalReport:
         names = [t.task for t in self.tasks]
         x = np.arange(len(names))
         fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 4))
-        ax.bar(x - 0.2, [t.success for t in self.tasks], 0.4,
-               yerr=[t.success_se for t in self.tasks], label="success", capsize=3)
+        ax.bar(
+            x - 0.2,
+            [t.success for t in self.tasks],
+            0.4,
+            yerr=[t.success_se for t in self.tasks],
+            label="success",
+            capsize=3,
+        )
         ax.bar(x + 0.2, [t.progress for t in self.tasks], 0.4, label="step-wise score")
         ax.set_xticks(x, names, rotation=30, ha="right")
         ax.set_ylim(0, 1.05)
-        ax.set_title(f"{Path(self.policy).name} on {self.config.suite}: "
-                     f"avg success {self.avg_success:.2f}")
+        ax.set_title(
+            f"{Path(self.policy).name} on {self.config.suite}: avg success {self.avg_success:.2f}"
+        )
         ax.legend()
         fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -38,11 +38,15 @@ def setup(init: dict):
             op = ScriptedOperator(robot, "demonstrator", seed=job["seed"])
             ep = scripted_episode(robot, op, task, job["seed"], Source.DEMO)
         else:
-            runner._generator.manual_seed(job["seed"])  # sampling noise is part of the protocol
+            runner.reseed(job["seed"])  # sampling noise is part of the protocol
             ep = policy_episode(robot, runner, task, job["seed"])
         result = EvalEpisodeResult(
-            task=task.name, seed=job["seed"], success=ep.success, progress=ep.progress,
-            cycle_time_s=ep.cycle_time_s, num_steps=ep.num_steps,
+            task=task.name,
+            seed=job["seed"],
+            success=ep.success,
+            progress=ep.progress,
+            cycle_time_s=ep.cycle_time_s,
+            num_steps=ep.num_steps,
             extras={"robot": robot.robot_id},
         )
         return dataclasses.asdict(result)

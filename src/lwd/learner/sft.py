@@ -91,8 +91,13 @@ def train_sft(
     valid = torch.from_numpy(ds.valid)
     ids = torch.from_numpy(ds.instruction_ids).long()
     images = None if ds.images is None else torch.from_numpy(ds.images)
-    extra = dict(trainer="sft", episodes=ds.num_episodes, samples=len(ds),
-                 instructions=list(ds.instructions), data=str(data_dir.resolve()))
+    extra = dict(
+        trainer="sft",
+        episodes=ds.num_episodes,
+        samples=len(ds),
+        instructions=list(ds.instructions),
+        data=str(data_dir.resolve()),
+    )
 
     policy.train()
     t0, metrics = time.perf_counter(), {}
@@ -101,8 +106,13 @@ def train_sft(
             group["lr"] = cfg.lr * _cosine(step, cfg.steps)
         idx = torch.randint(len(ds), (cfg.batch_size,), generator=gen)
         loss, info = flow_matching_loss(
-            policy.field, states[idx], lang_table[ids[idx]], chunks[idx],
-            None if images is None else images[idx], valid[idx], generator=gen,
+            policy.field,
+            states[idx],
+            lang_table[ids[idx]],
+            chunks[idx],
+            None if images is None else images[idx],
+            valid[idx],
+            generator=gen,
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -117,9 +127,15 @@ def train_sft(
             on_step(done, cfg.steps, metrics)
     elapsed = time.perf_counter() - t0
     trained = cfg.steps - start
-    return dict(steps=cfg.steps, resumed_from=start, episodes=ds.num_episodes, samples=len(ds),
-                seconds=elapsed, samples_per_s=trained * cfg.batch_size / max(elapsed, 1e-9),
-                final=metrics)
+    return dict(
+        steps=cfg.steps,
+        resumed_from=start,
+        episodes=ds.num_episodes,
+        samples=len(ds),
+        seconds=elapsed,
+        samples_per_s=trained * cfg.batch_size / max(elapsed, 1e-9),
+        final=metrics,
+    )
 
 
 def _maybe_resume(cfg, out: Path, policy, optimizer, gen) -> int:

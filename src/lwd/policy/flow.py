@@ -176,6 +176,10 @@ class FlowPolicyRunner:
         """The policy version stamped on produced chunks."""
         return self._version
 
+    def reseed(self, seed: int) -> None:
+        """Restart the sampling noise from ``seed`` (evaluation fixes it per episode)."""
+        self._generator.manual_seed(int(seed))
+
     def infer(self, obs: Observation) -> ActionChunk:
         """One observation -> one ``(H, A)`` action chunk."""
         return self.infer_batch([obs])[0]

@@ -19,8 +19,11 @@ from lwd.sim.tasks import get_suite, get_task, task_names
 from lwd.types import Source
 from lwd.workers import run_jobs, serve
 
-KINDS = {"demo": ("demonstrator", Source.DEMO), "weak": ("weak", Source.AUTONOMOUS),
-         "play": ("player", Source.PLAY)}
+KINDS = {
+    "demo": ("demonstrator", Source.DEMO),
+    "weak": ("weak", Source.AUTONOMOUS),
+    "play": ("player", Source.PLAY),
+}
 
 
 @dataclass(frozen=True)
@@ -59,10 +62,17 @@ def plan_jobs(cfg: GenerateConfig) -> list[dict]:
         kinds = ["demo"] * n_demo + ["weak"] * n_weak + ["play"] * (n - n_demo - n_weak)
         for i, kind in enumerate(kinds):
             idx = len(jobs)
-            jobs.append(dict(
-                suite=cfg.suite, task=task, kind=kind, seed=cfg.seed * 1_000_003 + idx,
-                robot=idx % cfg.robots, strength=cfg.perturbation_strength, paraphrase=i,
-            ))
+            jobs.append(
+                dict(
+                    suite=cfg.suite,
+                    task=task,
+                    kind=kind,
+                    seed=cfg.seed * 1_000_003 + idx,
+                    robot=idx % cfg.robots,
+                    strength=cfg.perturbation_strength,
+                    paraphrase=i,
+                )
+            )
     return jobs
 
 
@@ -98,8 +108,14 @@ def _worker_setup(init: dict):
         instruction = task.instructions[job["paraphrase"] % len(task.instructions)]
         ep = scripted_episode(robot, operator, task, job["seed"], source, instruction)
         episode_id = store.put(ep)
-        return dict(task=task.name, kind=job["kind"], success=ep.success, steps=ep.num_steps,
-                    progress=ep.progress, id=episode_id)
+        return dict(
+            task=task.name,
+            kind=job["kind"],
+            success=ep.success,
+            steps=ep.num_steps,
+            progress=ep.progress,
+            id=episode_id,
+        )
 
     return handle
 

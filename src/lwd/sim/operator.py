@@ -64,7 +64,10 @@ class ScriptedOperator:
     """
 
     def __init__(
-        self, robot: SimRobot, role: str = "demonstrator", cfg: OperatorConfig | None = None,
+        self,
+        robot: SimRobot,
+        role: str = "demonstrator",
+        cfg: OperatorConfig | None = None,
         seed: int = 0,
     ) -> None:
         if role not in ROLES:
@@ -137,14 +140,20 @@ class ScriptedOperator:
             self._last_progress, self._last_progress_step = progress, step
         if self.in_control:
             recovered = progress > self._takeover_progress
-            if recovered or step - self._takeover_step >= self.cfg.max_takeover or self.budget_left <= 0:
+            if (
+                recovered
+                or step - self._takeover_step >= self.cfg.max_takeover
+                or self.budget_left <= 0
+            ):
                 self.in_control = False
                 self._last_progress_step = step  # give the robot a fresh chance
             else:
                 self.budget_left -= 1
             return self.in_control
         stalled = step - self._last_progress_step >= self.cfg.patience
-        low_value = value is not None and self.cfg.value_threshold >= 0 and value < self.cfg.value_threshold
+        low_value = (
+            value is not None and self.cfg.value_threshold >= 0 and value < self.cfg.value_threshold
+        )
         if (stalled or low_value) and self.budget_left > 0:
             self.in_control = True
             self._skill = None

@@ -78,7 +78,11 @@ def _observe_after(robot: SimRobot) -> Observation:
 
 
 def scripted_episode(
-    robot: SimRobot, operator: ScriptedOperator, task: TaskSpec, seed: int, source: Source,
+    robot: SimRobot,
+    operator: ScriptedOperator,
+    task: TaskSpec,
+    seed: int,
+    source: Source,
     instruction: str | None = None,
 ) -> Episode:
     """One episode driven entirely by the scripted operator (demo, weak rollout or play)."""
@@ -94,8 +98,12 @@ def scripted_episode(
 
 
 def policy_episode(
-    robot: SimRobot, policy: Policy, task: TaskSpec, seed: int,
-    operator: ScriptedOperator | None = None, instruction: str | None = None,
+    robot: SimRobot,
+    policy: Policy,
+    task: TaskSpec,
+    seed: int,
+    operator: ScriptedOperator | None = None,
+    instruction: str | None = None,
 ) -> Episode:
     """One episode of ``policy`` acting in chunks; ``operator`` may take over at any step.
 

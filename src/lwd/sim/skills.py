@@ -79,7 +79,9 @@ def plan_puzzle(task: TaskSpec, env) -> Primitive | None:
     if not presses:
         return None
     eff = env._data.site_xpos[env._pinch_site_id][:2]
-    dists = [np.linalg.norm(env._data.site_xpos[env._button_site_ids[b]][:2] - eff) for b in presses]
+    dists = [
+        np.linalg.norm(env._data.site_xpos[env._button_site_ids[b]][:2] - eff) for b in presses
+    ]
     return Primitive("button", button=int(presses[int(np.argmin(dists))]))
 
 
@@ -114,7 +116,9 @@ class SkillRunner:
         if kind == "cube":
             self.oracle = CubeMarkovOracle(env=env)
         elif kind == "button":
-            self.oracle = ButtonMarkovOracle(env=env, gripper_always_closed=env_kind == "puzzle-3x3")
+            self.oracle = ButtonMarkovOracle(
+                env=env, gripper_always_closed=env_kind == "puzzle-3x3"
+            )
         elif kind == "drawer":
             self.oracle = DrawerMarkovOracle(env=env)
         elif kind == "window":

@@ -70,7 +70,9 @@ class TaskSpec:
     def ogbench_task_info(self) -> dict:
         """The ``task_info`` OGBench's ``reset(options=...)`` expects."""
         if self.env_kind == "scene":
-            return dict(task_name=self.name, init=self.init.as_ogbench(), goal=self.goal.as_ogbench())
+            return dict(
+                task_name=self.name, init=self.init.as_ogbench(), goal=self.goal.as_ogbench()
+            )
         return dict(
             task_name=self.name,
             init_button_states=np.array(self.init, dtype=np.int64),
