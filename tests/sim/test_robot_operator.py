@@ -74,3 +74,22 @@ def test_intervention_takes_over_when_stalled_and_hands_back(robot):
     assert controlled and controlled[0] == 10  # took over exactly after `patience` idle steps
     assert robot.success  # the operator finished the job
     assert op.budget_left == 100 - len(controlled)
+
+
+def test_robots_sharing_an_env_pool_each_get_their_own_perturbation():
+    from lwd.sim.robot import EnvPool
+
+    pool = EnvPool()
+    a = SimRobot("a", Perturbation(friction_scale=0.5, start_offset=(0.0, 0.0, 0.02)), pool=pool)
+    b = SimRobot("b", Perturbation(friction_scale=2.0), pool=pool)
+    task = get_task("open-drawer")
+    a.reset(task, seed=0)
+    env = a.env
+    bounds, friction = pool.base(env)
+    np.testing.assert_allclose(env._model.geom_friction[:, 0], friction * 0.5)
+    assert env._arm_sampling_bounds[0, 2] == pytest.approx(bounds[0, 2] + 0.02)
+    b.reset(task, seed=0)
+    assert b.env is env
+    np.testing.assert_allclose(env._model.geom_friction[:, 0], friction * 2.0)
+    np.testing.assert_allclose(env._arm_sampling_bounds, bounds)
+    pool.close()

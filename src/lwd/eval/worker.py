@@ -8,7 +8,7 @@ import torch
 
 from lwd.eval.evaluator import _ROBOT_SEED_BASE, OPERATOR
 from lwd.sim.operator import ScriptedOperator
-from lwd.sim.robot import Perturbation, SimRobot
+from lwd.sim.robot import EnvPool, Perturbation, SimRobot
 from lwd.sim.rollout import policy_episode, scripted_episode
 from lwd.sim.tasks import get_task
 from lwd.types import EvalEpisodeResult, Source
@@ -26,12 +26,13 @@ def setup(init: dict):
         version = int(read_checkpoint_config(init["policy"]).get("extra", {}).get("version", 1))
         runner = FlowPolicyRunner(policy, version=version, seed=0)
     robots: dict[tuple[int, bool], SimRobot] = {}
+    pool = EnvPool()
 
     def handle(job: dict) -> dict:
         key = (job["robot"], job["perturb"])
         if key not in robots:
             pert = Perturbation.sample(_ROBOT_SEED_BASE + job["robot"]) if job["perturb"] else None
-            robots[key] = SimRobot(f"eval-robot-{job['robot']}", pert)
+            robots[key] = SimRobot(f"eval-robot-{job['robot']}", pert, pool=pool)
         robot = robots[key]
         task = get_task(job["task"], job["suite"])
         if runner is None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lwd.data.store import EpisodeStore
 from lwd.sim.operator import ScriptedOperator
-from lwd.sim.robot import Perturbation, SimRobot
+from lwd.sim.robot import EnvPool, Perturbation, SimRobot
 from lwd.sim.rollout import scripted_episode
 from lwd.sim.tasks import get_suite, get_task, task_names
 from lwd.types import Source
@@ -95,12 +95,13 @@ def generate(cfg: GenerateConfig, out: str | Path, progress=None) -> dict:
 def _worker_setup(init: dict):
     store = EpisodeStore(init["store"], known_tasks=task_names(init["suite"]))
     robots: dict[int, SimRobot] = {}
+    pool = EnvPool()
 
     def handle(job: dict) -> dict:
         key = job["robot"]
         if key not in robots:
             pert = Perturbation.sample(seed=10_000 + key, strength=job["strength"])
-            robots[key] = SimRobot(f"gen-robot-{key}", pert)
+            robots[key] = SimRobot(f"gen-robot-{key}", pert, pool=pool)
         robot = robots[key]
         task = get_task(job["task"], job["suite"])
         role, source = KINDS[job["kind"]]

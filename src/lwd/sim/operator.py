@@ -29,6 +29,9 @@ from lwd.sim.skills import SkillRunner, plan, random_primitive
 from lwd.types import Observation
 
 ROLES = ("demonstrator", "player", "weak")
+STUCK_STEPS = 30  # a skill whose arm moved less than STUCK_DISTANCE in this many steps is stuck
+STUCK_DISTANCE = 0.01  # metres
+RETREAT_STEPS = 6
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,8 @@ class ScriptedOperator:
         # here is the only way to make scripted episodes reproducible.
         np.random.seed(int(self._rng.integers(2**31)))
         self._skill = None
+        self._trail: list[np.ndarray] = []
+        self._retreat = 0
         self.in_control = False
         self._last_progress = 0
         self._last_progress_step = 0
@@ -98,11 +103,16 @@ class ScriptedOperator:
     def act(self, obs: Observation | None = None) -> np.ndarray:
         """The operator's action ``(5,)`` for the robot's current state."""
         env = self.robot.env
+        info = env.compute_ob_info()
+        if self._retreat > 0:
+            return self._retreat_action()
+        if self._stuck(info["proprio/effector_pos"]):
+            return self._retreat_action()
         if self._skill is None or self._skill.done:
             self._skill = self._next_skill()
         if self._skill is None:  # goal reached: hold still
             return np.zeros(5)
-        action = self._skill.act(env.compute_ob_info())
+        action = self._skill.act(info)
         noise = {
             "demonstrator": self.cfg.demo_noise,
             "player": self.cfg.play_noise,
@@ -112,6 +122,24 @@ class ScriptedOperator:
             noise = self.cfg.demo_noise
         action = action + self._rng.normal(0.0, noise, 5)
         return np.clip(action, -1.0, 1.0)
+
+    def _stuck(self, effector: np.ndarray) -> bool:
+        """True when the arm barely moved for ``STUCK_STEPS`` steps (e.g. caught on a handle)."""
+        self._trail.append(np.asarray(effector, dtype=np.float64).copy())
+        if len(self._trail) <= STUCK_STEPS or self._skill is None:
+            return False
+        moved = np.linalg.norm(self._trail[-1] - self._trail[-1 - STUCK_STEPS])
+        self._trail = self._trail[-STUCK_STEPS - 1 :]
+        if moved < STUCK_DISTANCE:
+            self._retreat, self._skill, self._trail = RETREAT_STEPS, None, []
+            return True
+        return False
+
+    def _retreat_action(self) -> np.ndarray:
+        """Lift and open the gripper with a random sideways nudge, then replan."""
+        self._retreat -= 1
+        xy = self._rng.uniform(-0.5, 0.5, 2)
+        return np.array([xy[0], xy[1], 1.0, 0.0, -1.0])
 
     def _next_skill(self) -> SkillRunner | None:
         robot, env = self.robot, self.robot.env

@@ -69,6 +69,43 @@ class Perturbation:
         )
 
 
+class EnvPool:
+    """OGBench environments by kind, built lazily and shared by robots that take turns.
+
+    One OGBench environment holds ~200 MB (its MJCF tree and MuJoCo model), so a process that
+    simulates many robots one at a time keeps one per kind instead of one per robot.
+    """
+
+    def __init__(self) -> None:
+        self._envs: dict[tuple[str, int | None], gym.Env] = {}
+        self._base: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def get(self, kind: str, image_size: int | None = None):
+        key = (kind, image_size)
+        if key not in self._envs:
+            kwargs = dict(mode="task", terminate_at_goal=False, visualize_info=False)
+            if image_size:
+                kwargs.update(width=image_size, height=image_size)
+            env = gym.make(f"{kind}-v0", **kwargs).unwrapped
+            env.reset(options=dict(task_id=1))  # compiles the model
+            self._base[id(env)] = (
+                env._arm_sampling_bounds.copy(),
+                env._model.geom_friction[:, 0].copy(),
+            )
+            self._envs[key] = env
+        return self._envs[key]
+
+    def base(self, env) -> tuple[np.ndarray, np.ndarray]:
+        """The unperturbed arm start box and sliding frictions of ``env``."""
+        return self._base[id(env)]
+
+    def close(self) -> None:
+        for env in self._envs.values():
+            env.close()
+        self._envs.clear()
+        self._base.clear()
+
+
 class SimRobot:
     """A simulated robot; one OGBench environment per environment kind, built lazily.
 
@@ -77,6 +114,8 @@ class SimRobot:
         perturbation: this robot's deployment shift.
         image_size: if set, observations carry ``(image_size, image_size, 3)`` uint8 frames
             (needs MuJoCo offscreen rendering, e.g. ``MUJOCO_GL=osmesa``).
+        pool: environments shared with other robots of this process (a robot re-applies its own
+            perturbation at every reset, so sharing is safe while they run one at a time).
     """
 
     def __init__(
@@ -84,11 +123,12 @@ class SimRobot:
         robot_id: str,
         perturbation: Perturbation | None = None,
         image_size: int | None = None,
+        pool: EnvPool | None = None,
     ) -> None:
         self.robot_id = robot_id
         self.perturbation = perturbation or Perturbation()
         self.image_size = image_size
-        self._envs: dict[str, gym.Env] = {}
+        self._pool = pool or EnvPool()
         self.env = None
         self.task: TaskSpec | None = None
         self.info: dict = {}
@@ -101,22 +141,15 @@ class SimRobot:
         self._done = True
 
     # -- environment management -------------------------------------------------------------
-    def _make_env(self, kind: str):
-        if kind not in self._envs:
-            kwargs = dict(mode="task", terminate_at_goal=False, visualize_info=False)
-            if self.image_size:
-                kwargs.update(width=self.image_size, height=self.image_size)
-            env = gym.make(f"{kind}-v0", **kwargs).unwrapped
-            env.reset(options=dict(task_id=1))  # compiles the model
-            p = self.perturbation
-            env._arm_sampling_bounds = np.clip(
-                env._arm_sampling_bounds + np.asarray(p.start_offset),
-                env._workspace_bounds[0],
-                env._workspace_bounds[1],
-            )
-            env._model.geom_friction[:, 0] *= p.friction_scale
-            self._envs[kind] = env
-        return self._envs[kind]
+    def _apply_perturbation(self, env) -> None:
+        base_bounds, base_friction = self._pool.base(env)
+        p = self.perturbation
+        env._arm_sampling_bounds = np.clip(
+            base_bounds + np.asarray(p.start_offset),
+            env._workspace_bounds[0],
+            env._workspace_bounds[1],
+        )
+        env._model.geom_friction[:, 0] = base_friction * p.friction_scale
 
     def _task_info(self, task: TaskSpec) -> dict:
         info = task.ogbench_task_info()
@@ -130,7 +163,8 @@ class SimRobot:
     # -- Robot protocol ---------------------------------------------------------------------
     def reset(self, task: TaskSpec, seed: int) -> Observation:
         """Start an episode of ``task``; ``seed`` fixes the start pose and all noise."""
-        self.env = self._make_env(task.env_kind)
+        self.env = self._pool.get(task.env_kind, self.image_size)
+        self._apply_perturbation(self.env)
         self.task = task
         self._rng = np.random.default_rng([seed, 104729])
         self._raw_ob, self.info = self.env.reset(
@@ -199,6 +233,4 @@ class SimRobot:
         return self.steps * CONTROL_DT
 
     def close(self) -> None:
-        for env in self._envs.values():
-            env.close()
-        self._envs.clear()
+        self._pool.close()
