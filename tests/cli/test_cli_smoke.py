@@ -12,31 +12,16 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("smoke")
 
 
+def _sft(data, ckpt, steps="4"):
+    return ["--threads", "1", "train", "sft", "--data", str(data), "--out", str(ckpt),
+            "--steps", steps, "--batch-size", "16", "--width", "32"]  # fmt: skip
+
+
 def test_data_sft_eval_through_the_cli(workdir, capsys):
     data, ckpt, report = workdir / "data", workdir / "sft", workdir / "eval.json"
     assert main(["data", "generate", "--out", str(data), "--episodes", "2"]) == 0
     assert main(["data", "info", str(data)]) == 0
-    assert (
-        main(
-            [
-                "--threads",
-                "1",
-                "train",
-                "sft",
-                "--data",
-                str(data),
-                "--out",
-                str(ckpt),
-                "--steps",
-                "4",
-                "--batch-size",
-                "16",
-                "--width",
-                "32",
-            ]
-        )
-        == 0
-    )
+    assert main(_sft(data, ckpt)) == 0
     assert (ckpt / "model.safetensors").is_file() and (ckpt / "normalizer.json").is_file()
     assert main(["eval", "--policy", str(ckpt), "--episodes", "1", "--json", str(report)]) == 0
     out = capsys.readouterr().out
@@ -47,46 +32,8 @@ def test_data_sft_eval_through_the_cli(workdir, capsys):
     assert report.with_suffix(".png").stat().st_size > 1000
 
     # Resuming a finished run with the same settings trains nothing more and succeeds.
-    assert (
-        main(
-            [
-                "--threads",
-                "1",
-                "train",
-                "sft",
-                "--data",
-                str(data),
-                "--out",
-                str(ckpt),
-                "--steps",
-                "4",
-                "--batch-size",
-                "16",
-                "--width",
-                "32",
-            ]
-        )
-        == 0
-    )
+    assert main(_sft(data, ckpt)) == 0
     # Resuming with different settings is refused, loudly, and the checkpoint is kept.
-    assert (
-        main(
-            [
-                "train",
-                "sft",
-                "--data",
-                str(data),
-                "--out",
-                str(ckpt),
-                "--steps",
-                "8",
-                "--batch-size",
-                "16",
-                "--width",
-                "32",
-            ]
-        )
-        == 2
-    )
+    assert main(_sft(data, ckpt, steps="8")) == 2
     assert "different config" in capsys.readouterr().err
     assert (ckpt / "model.safetensors").is_file()
