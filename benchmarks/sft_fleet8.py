@@ -1,6 +1,6 @@
 """SFT on fleet8: generate the offline buffer (if needed), train flow BC on demos, evaluate.
 
-    python benchmarks/sft_fleet8.py [--data runs/fleet8_data] [--demos-per-task 12] [--quick]
+    python benchmarks/sft_fleet8.py [--data runs/fleet8_data] [--demos-per-task 24] [--quick]
 
 How much demonstration data SFT gets (--demos-per-task) is the knob that places the SFT start
 where the paper's is (0.76 average); the evaluator and its protocol are never tuned.
@@ -25,10 +25,10 @@ def main() -> None:
     p.add_argument("--data", default=str(ROOT / "runs" / "fleet8_data"))
     p.add_argument("--out", default=str(ROOT / "runs" / "sft_fleet8"))
     p.add_argument("--generate-episodes", type=int, default=48, help="per task, if generating")
-    p.add_argument("--demos-per-task", type=int, default=12)
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--demos-per-task", type=int, default=24)
+    p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--eval-episodes", type=int, default=20)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="tiny data, 300 steps, 3 eval episodes")
     args = p.parse_args()
     if args.quick:
