@@ -73,10 +73,6 @@ class EpisodeRecorder:
         )
 
 
-def _observe_after(robot: SimRobot) -> Observation:
-    return robot.observe()
-
-
 def scripted_episode(
     robot: SimRobot,
     operator: ScriptedOperator,
@@ -92,7 +88,7 @@ def scripted_episode(
     while not robot.done():
         action = operator.act(obs)
         robot.act(action)
-        obs = _observe_after(robot)
+        obs = robot.observe()
         rec.record(action, action, source, SCRIPTED_VERSION, obs)
     return rec.finish(play=source == Source.PLAY)
 
