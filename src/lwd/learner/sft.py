@@ -22,7 +22,7 @@ from lwd.data.store import EpisodeStore
 from lwd.policy.checkpoint import (
     CONFIG_FILE,
     TRAINER_FILE,
-    load_module_weights,
+    load_policy,
     load_training_state,
     save_policy,
     save_training_state,
@@ -150,8 +150,8 @@ def _maybe_resume(cfg, out: Path, policy, optimizer, gen) -> int:
                 f"{out} holds an SFT run with a different config; pass a new --out, or the same "
                 f"settings to resume it"
             )
-    load_module_weights(out / "model.safetensors", policy)
-    norm = json.loads((out / "normalizer.json").read_text())
-    policy.normalizer = Normalizer.from_dict(norm)
+    saved_policy = load_policy(out)  # the checkpoint loader's checks apply to resumes too
+    policy.load_state_dict(saved_policy.state_dict())
+    policy.normalizer = saved_policy.normalizer
     state = load_training_state(out, optimizer, generators={"sample": gen})
     return state.step
