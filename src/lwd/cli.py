@@ -129,6 +129,61 @@ def cmd_train_sft(args) -> int:
     return 0
 
 
+def cmd_train_offline(args) -> int:
+    from lwd.config import EvalConfig, preset
+    from lwd.eval.evaluator import evaluate
+    from lwd.learner.offline import train_offline
+    from lwd.policy.instruction import InstructionEncoder
+    from lwd.sim.tasks import task_names
+
+    cfg = preset(args.preset)
+    overrides = dict(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        n_step=args.n_step,
+        seed=args.seed,
+        eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every,
+    )
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    agent = preset(args.agent)
+    agent_overrides = dict(lam=args.lam, critic_width=args.critic_width, tau_base=args.tau_base)
+    agent = dataclasses.replace(
+        agent, **{k: v for k, v in agent_overrides.items() if v is not None}
+    )
+    cfg = dataclasses.replace(cfg, agent=agent)
+    eval_cfg = EvalConfig(episodes_per_task=args.eval_episodes, workers=args.workers)
+
+    def evaluator(policy_dir, step):
+        report = evaluate(policy_dir, eval_cfg)
+        print(f"step {step}: eval avg success {report.avg_success:.2f}")
+        return {"eval/avg_success": report.avg_success, "eval/avg_score": report.avg_score}
+
+    with _progress("offline RL") as bar:
+        tid = bar.add_task("offline", total=cfg.steps, info="")
+
+        def on(step, total, m):
+            if step % 5 == 0 or step == total:
+                info = f"Q {m['critic/q_mean']:.3f} V {m['value/mean']:.3f}"
+                if "value/tau" in m:
+                    info += f" tau {m['value/tau']:.2f}"
+                bar.update(tid, completed=step, info=info)
+
+        summary = train_offline(
+            cfg,
+            args.data,
+            args.init,
+            args.out,
+            InstructionEncoder(),
+            on_step=on,
+            evaluator=evaluator if cfg.eval_every else None,
+            known_tasks=task_names(),
+        )
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("final", "replay")}, indent=1))
+    print(f"acting policy: {Path(args.out) / 'policy'}  (TensorBoard: {Path(args.out) / 'tb'})")
+    return 0
+
+
 def cmd_eval(args) -> int:
     from rich.console import Console
 
@@ -234,6 +289,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--width", type=int)
     s.add_argument("--seed", type=int)
     s.set_defaults(func=cmd_train_sft)
+
+    o = train.add_parser("offline", help="offline RL (DIVL + QAM) from an SFT checkpoint")
+    o.add_argument("--data", required=True, help="episode store (all sources are used)")
+    o.add_argument("--init", required=True, help="SFT policy checkpoint (the reference flow)")
+    o.add_argument("--out", required=True, help="run directory (resumed if present)")
+    o.add_argument("--preset", default="offline-default")
+    o.add_argument(
+        "--agent",
+        default="agent-default",
+        help="agent preset: agent-default, agent-expectile, agent-constant-tau, agent-fql, "
+        "agent-awr",
+    )
+    o.add_argument("--steps", type=int)
+    o.add_argument("--batch-size", type=int)
+    o.add_argument("--n-step", type=int, help="chunks per TD backup")
+    o.add_argument("--lam", type=float, help="QAM temperature lambda")
+    o.add_argument("--tau-base", type=float)
+    o.add_argument("--critic-width", type=int)
+    o.add_argument("--seed", type=int)
+    o.add_argument("--checkpoint-every", type=int)
+    o.add_argument("--eval-every", type=int, help="evaluate every N updates (0: never)")
+    o.add_argument("--eval-episodes", type=int, default=5, help="episodes per task per eval")
+    o.add_argument("--workers", type=int, default=2, help="evaluation worker processes")
+    o.set_defaults(func=cmd_train_offline)
 
     e = sub.add_parser("eval", help="evaluate a policy with the fixed protocol")
     e.add_argument("--policy", required=True, help="checkpoint directory, or 'operator'")

@@ -90,12 +90,113 @@ class EvalConfig:
     """Parallel worker processes."""
 
 
+@dataclass(frozen=True)
+class AgentConfig:
+    """The RL learner's update: DIVL value + clipped double-Q critic + QAM policy extraction.
+
+    Defaults follow ALGORITHMS.md (the LWD paper where it reports a value, QAM's reference
+    otherwise); the ablations and baselines are one field each (``value``, ``adaptive_tau``,
+    ``extraction``).
+    """
+
+    value: str = "divl"
+    """Value learner: "divl" (categorical, quantile read-out) or "expectile" (IQL ablation)."""
+    num_atoms: int = 201
+    """DIVL: atoms of the categorical value distribution."""
+    v_min: float = -0.1
+    """DIVL: lowest atom (values live in [0, 1] with the sparse success reward)."""
+    v_max: float = 1.1
+    """DIVL: highest atom."""
+    adaptive_tau: bool = True
+    """DIVL: tau = clip(tau_base - tau_alpha * normalised entropy); False = constant tau_base."""
+    tau_base: float = 0.6
+    """DIVL: base quantile (paper: 0.6 offline, 0.9 online)."""
+    tau_alpha: float = 0.3
+    """DIVL: how much the normalised entropy of V(s') lowers tau (paper: 0.3)."""
+    tau_min: float = 0.3
+    """DIVL: lower clip of tau [choice: not reported in the paper]."""
+    tau_max: float = 0.95
+    """DIVL: upper clip of tau [choice: not reported in the paper]."""
+    expectile: float = 0.7
+    """Expectile ablation: IQL's expectile of the in-sample value."""
+    critic_heads: int = 2
+    """Critic heads; targets and value labels use their minimum (clipped double-Q)."""
+    critic_width: int = 512
+    """Hidden width of the critic and value MLPs."""
+    critic_depth: int = 4
+    """Hidden layers of the critic and value MLPs (with LayerNorm, as in QAM)."""
+    ema: float = 0.005
+    """Polyak rate of the target critic."""
+    value_lr: float = 5e-4
+    """Adam learning rate of the value net (paper: 5e-4)."""
+    critic_lr: float = 5e-4
+    """Adam learning rate of the critic (paper: 5e-4)."""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the fine-tuned flow (QAM's small-model default)."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip, applied per optimizer."""
+    extraction: str = "qam"
+    """Policy extraction: "qam", "fql" (one-step policy), "awr" (advantage-weighted flow BC),
+    or "none" (train value and critic only)."""
+    lam: float = 2.0
+    """QAM temperature lambda of pi* ~ pi_ref exp(Q / lambda) (paper: 2; QAM's inv_temp = 1/lambda)."""
+    q_grad_heads: str = "mean"
+    """QAM terminal adjoint from the target critic's "mean" or "min" over heads."""
+    rollout_field: str = "finetuned"
+    """QAM memoryless-SDE rollout with the "finetuned" flow (QAM, Adjoint Matching) or the
+    frozen "reference" (LWD's Algorithm 2)."""
+    fql_alpha: float = 10.0
+    """FQL: weight of the distillation of the reference flow into the one-step policy."""
+    awr_beta: float = 10.0
+    """AWR: inverse temperature of the advantage weights exp(beta * A)."""
+    awr_max_weight: float = 100.0
+    """AWR: weights are clipped to this."""
+    actor_every: int = 1
+    """Update the policy every this many critic updates (1 = every update, the paper's)."""
+
+
+@dataclass(frozen=True)
+class OfflineConfig:
+    """An offline RL run (ALGORITHMS.md §4, stage 2)."""
+
+    steps: int = 20_000
+    """Learner updates."""
+    batch_size: int = 256
+    """Transitions per update."""
+    n_step: int = 10
+    """Chunks per TD backup (paper: 10 offline on long tasks)."""
+    gamma: float = 0.9999
+    """Discount per control step (the chunk discount is gamma^H)."""
+    sources: tuple[str, ...] = ("demo", "autonomous", "intervention", "play")
+    """Episodes whose steps all come from these sources form the offline buffer."""
+    seed: int = 0
+    """Seeds sampling, initialisation and the update's noise."""
+    checkpoint_every: int = 1000
+    """Write a resumable checkpoint every this many updates (and at the end)."""
+    keep_checkpoints: int = 2
+    """Older checkpoint directories are deleted beyond this many."""
+    log_every: int = 50
+    """TensorBoard scalars every this many updates."""
+    eval_every: int = 0
+    """Evaluate the acting policy every this many updates (0: never; needs an evaluator)."""
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    """The update itself."""
+
+
 _PRESETS: dict[str, Any] = {
     "sft-default": SFTConfig(),
     "sft-quick": SFTConfig(steps=200, batch_size=128, checkpoint_every=100),
     "policy-small": PolicyConfig(width=256, depth=3),
     "eval-default": EvalConfig(),
     "eval-quick": EvalConfig(episodes_per_task=2),
+    "agent-default": AgentConfig(),
+    "agent-expectile": AgentConfig(value="expectile"),
+    "agent-constant-tau": AgentConfig(adaptive_tau=False),
+    "agent-fql": AgentConfig(extraction="fql"),
+    "agent-awr": AgentConfig(extraction="awr"),
+    "agent-online": AgentConfig(tau_base=0.9),
+    "offline-default": OfflineConfig(),
+    "offline-quick": OfflineConfig(steps=100, batch_size=64, checkpoint_every=50, n_step=3),
 }
 
 
@@ -133,4 +234,4 @@ def from_dict(cls: type[T], data: dict) -> T:
     return cls(**kwargs)
 
 
-_NESTED = {("SFTConfig", "policy"): PolicyConfig}
+_NESTED = {("SFTConfig", "policy"): PolicyConfig, ("OfflineConfig", "agent"): AgentConfig}

@@ -12,6 +12,7 @@ import enum
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 #: Policy version recorded for steps that no learned policy produced (scripted demonstrator,
 #: player, or a data generator's weak scripted policy). Learned versions start at 1.
@@ -133,3 +134,48 @@ class EvalEpisodeResult:
     cycle_time_s: float
     num_steps: int
     extras: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A batch of n-chunk transitions for the RL learner (torch tensors, one device).
+
+    ``B`` samples; sample ``b`` starts at step ``t`` of some episode and backs up over ``n``
+    chunks of ``H`` steps (``n * H`` control steps), truncated where the episode ends.
+
+    Attributes:
+        state: ``(B, D)`` float32 raw state ``s_t``.
+        lang: ``(B, L)`` float32 embedding of the episode's instruction.
+        actions: ``(B, H, A)`` float32 executed actions ``a_{t:t+H}`` in ``[-1, 1]``; past the
+            episode's end the last action is repeated (see :mod:`lwd.data.windows`).
+        reward: ``(B,)`` float32 ``sum_{k < min(nH, T-t)} gamma^k r_{t+k}``.
+        discount: ``(B,)`` float32 bootstrap factor ``gamma^{nH}``, or 0 when the episode ends
+            inside the window (``t + nH >= T``): then the return is truncated, no bootstrap.
+        next_state: ``(B, D)`` float32 bootstrap state ``s_{t+nH}`` (the episode's last state
+            when the window is truncated; it is then multiplied by a zero ``discount``).
+        source: ``(B,)`` int64 :class:`Source` of step ``t``.
+        policy_version: ``(B,)`` int64 policy version that chose step ``t``.
+        episode: ``(B,)`` int64 index of the episode inside its replay buffer.
+        step: ``(B,)`` int64 ``t``.
+        online: ``(B,)`` bool, True for samples drawn from the online (fleet) buffer.
+        image: ``(B, h, w, 3)`` uint8 frame at ``t``, or None.
+        next_image: ``(B, h, w, 3)`` uint8 frame at ``t + nH``, or None.
+    """
+
+    state: torch.Tensor
+    lang: torch.Tensor
+    actions: torch.Tensor
+    reward: torch.Tensor
+    discount: torch.Tensor
+    next_state: torch.Tensor
+    source: torch.Tensor
+    policy_version: torch.Tensor
+    episode: torch.Tensor
+    step: torch.Tensor
+    online: torch.Tensor
+    image: torch.Tensor | None = None
+    next_image: torch.Tensor | None = None
+
+    @property
+    def size(self) -> int:
+        return int(self.state.shape[0])

@@ -30,6 +30,7 @@ def flow_matching_loss(
     *,
     noise: torch.Tensor | None = None,
     w: torch.Tensor | None = None,
+    sample_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Conditional flow-matching loss on a batch of action chunks.
 
@@ -45,6 +46,8 @@ def flow_matching_loss(
         generator: torch RNG for ``x0`` and ``w`` (on the batch's device).
         noise: ``(B, H, A)`` ``x0`` to use instead of sampling (tests, variance reduction).
         w: ``(B,)`` flow times to use instead of sampling ``U[0, 1)``.
+        sample_weight: ``(B,)`` non-negative per-sample weights (advantage-weighted BC); the
+            loss is then ``sum_b c_b err_b / sum_b c_b`` over valid positions.
 
     Returns:
         ``(loss, metrics)``: the scalar loss (differentiable) and detached scalar tensors
@@ -75,17 +78,21 @@ def flow_matching_loss(
         )
     err = (pred - target).square().reshape(b, horizon, adim)
     if valid_mask is None:
-        loss = err.mean()
-        valid_frac = torch.ones((), device=x1.device)
+        m = torch.ones(b, horizon, dtype=err.dtype, device=err.device)
+    elif valid_mask.shape != (b, horizon):
+        raise ValueError(
+            f"valid_mask must have shape ({b}, {horizon}), got {tuple(valid_mask.shape)}"
+        )
     else:
-        if valid_mask.shape != (b, horizon):
-            raise ValueError(
-                f"valid_mask must have shape ({b}, {horizon}), got {tuple(valid_mask.shape)}"
-            )
         m = valid_mask.to(err.dtype)
-        count = m.sum() * adim
-        loss = (err * m[:, :, None]).sum() / count.clamp(min=1.0)
-        valid_frac = m.mean()
+    valid_frac = m.mean()
+    if sample_weight is not None:
+        if sample_weight.shape != (b,):
+            raise ValueError(
+                f"sample_weight must have shape ({b},), got {tuple(sample_weight.shape)}"
+            )
+        m = m * sample_weight.detach().to(err.dtype)[:, None]
+    loss = (err * m[:, :, None]).sum() / (m.sum() * adim).clamp(min=1e-12)
     metrics = {
         "bc/loss": loss.detach(),
         "bc/pred_norm": pred.detach().norm(dim=-1).mean(),

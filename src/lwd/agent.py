@@ -1,0 +1,280 @@
+"""The RL agent: networks, optimizers and target nets; ``update(batch)`` in the paper's order.
+
+Usage (the learner owns the data and the files; the agent only updates)::
+
+    agent = Agent(AgentConfig(), load_policy(sft_dir), seed=0)
+    for step in range(steps):
+        metrics = agent.update(replay.sample(256, rng))   # value, critic, EMA, actor
+    save_policy(out, agent.acting_policy())
+
+One update (ALGORITHMS.md §2 and §3):
+
+1. value step on ``min_heads Q_target(s, a_data)`` (C51-projected for DIVL, expectile for IQL);
+2. adaptive tau and the quantile of the *updated* ``V(s')`` (no gradient);
+3. critic step towards ``R + gamma^{nH} (1 - done) Quant_tau(V(s'))``;
+4. EMA of the target critic;
+5. policy extraction (QAM by default; FQL or advantage-weighted BC as baselines).
+
+Each loss only produces gradients for its own network: frozen nets (target critic, reference
+flow) have ``requires_grad=False`` and the actor's gradients are taken with
+``torch.autograd.grad`` over the actor's parameters alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import torch
+from torch import nn
+
+from lwd.algo.divl import (
+    adaptive_tau,
+    c51_project,
+    categorical_value_loss,
+    critic_loss,
+    expectile_loss,
+    normalized_entropy,
+    quantile_readout,
+    td_target,
+    value_support,
+)
+from lwd.algo.extraction import awr_actor_loss, fql_actor_loss, qam_actor_loss
+from lwd.config import AgentConfig
+from lwd.nets.critic import Critic, ObservationEncoder, ValueNet
+from lwd.policy.flow import FlowPolicy
+from lwd.types import Batch
+
+_VALUES = ("divl", "expectile")
+_EXTRACTIONS = ("qam", "fql", "awr", "none")
+
+
+def check_agent_config(cfg: AgentConfig) -> None:
+    """Raise a clear error for settings the agent cannot run with."""
+    if cfg.value not in _VALUES:
+        raise ValueError(f"AgentConfig.value must be one of {_VALUES}, got {cfg.value!r}")
+    if cfg.extraction not in _EXTRACTIONS:
+        raise ValueError(
+            f"AgentConfig.extraction must be one of {_EXTRACTIONS}, got {cfg.extraction!r}"
+        )
+    if cfg.q_grad_heads not in ("mean", "min"):
+        raise ValueError(
+            f"AgentConfig.q_grad_heads must be 'mean' or 'min', got {cfg.q_grad_heads!r}"
+        )
+    if cfg.rollout_field not in ("finetuned", "reference"):
+        raise ValueError(
+            f"AgentConfig.rollout_field must be 'finetuned' or 'reference', got {cfg.rollout_field!r}"
+        )
+    if not 0.0 < cfg.tau_min <= cfg.tau_max <= 1.0:
+        raise ValueError(f"need 0 < tau_min <= tau_max <= 1, got {cfg.tau_min}, {cfg.tau_max}")
+    if cfg.lam <= 0 or cfg.critic_heads < 1 or cfg.actor_every < 1:
+        raise ValueError("AgentConfig: lam must be > 0, critic_heads >= 1 and actor_every >= 1")
+
+
+def _frozen(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+class Agent(nn.Module):
+    """DIVL + QAM (or an ablation) around a pretrained flow policy.
+
+    Args:
+        cfg: the update's hyperparameters.
+        policy: the SFT policy. It becomes the frozen reference ``f_ref`` and the starting
+            point of the fine-tuned policy (for FQL: of the one-step policy).
+        seed: seeds network initialisation and the update's noise.
+    """
+
+    def __init__(self, cfg: AgentConfig, policy: FlowPolicy, *, seed: int = 0) -> None:
+        super().__init__()
+        check_agent_config(cfg)
+        self.cfg = cfg
+        with torch.random.fork_rng():  # seed the initialisation without touching global RNG
+            torch.manual_seed(seed)
+            self._build(cfg, policy)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.updates = 0
+
+    def _build(self, cfg: AgentConfig, policy: FlowPolicy) -> None:
+        self.reference = _frozen(copy.deepcopy(policy))
+        acting_cfg = policy.cfg
+        if cfg.extraction == "fql":  # a one-step policy: x1 = z + f(s, z, 0)
+            acting_cfg = dataclasses.replace(policy.cfg, flow_steps=1)
+        self.policy = FlowPolicy(acting_cfg, copy.deepcopy(policy.normalizer))
+        self.policy.field.load_state_dict(policy.field.state_dict())
+        pc = policy.cfg
+        self.action_size = pc.chunk * pc.action_dim
+
+        def encoder() -> ObservationEncoder:
+            feats = pc.image_features if pc.use_images else 0
+            return ObservationEncoder(pc.state_dim, pc.lang_dim, pc.lang_proj, feats, pc.image_size)
+
+        out = cfg.num_atoms if cfg.value == "divl" else 1
+        self.value = ValueNet(encoder(), cfg.critic_width, cfg.critic_depth, out)
+        self.critic = Critic(
+            encoder(), self.action_size, cfg.critic_width, cfg.critic_depth, cfg.critic_heads
+        )
+        self.target_critic = _frozen(copy.deepcopy(self.critic))
+        self.register_buffer("support", value_support(cfg.num_atoms, cfg.v_min, cfg.v_max))
+        self.optimizers = {
+            "value": torch.optim.Adam(self.value.parameters(), lr=cfg.value_lr),
+            "critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr),
+        }
+        self.actor_params = [p for p in self.policy.parameters() if p.requires_grad]
+        if cfg.extraction != "none":
+            self.optimizers["actor"] = torch.optim.Adam(self.actor_params, lr=cfg.actor_lr)
+
+    # ------------------------------------------------------------------------ read-outs
+    def acting_policy(self) -> FlowPolicy:
+        """The policy to deploy and evaluate (the fine-tuned flow, or FQL's one-step flow)."""
+        return self.policy
+
+    def bootstrap_value(
+        self, state_n: torch.Tensor, lang: torch.Tensor, image: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The value used as the bootstrap target at ``s'``, and its tau statistics."""
+        cfg = self.cfg
+        out = self.value(state_n, lang, image)
+        if cfg.value == "expectile":
+            return out[:, 0], {}
+        probs = torch.softmax(out, dim=-1)
+        entropy = normalized_entropy(probs)
+        if cfg.adaptive_tau:
+            tau = adaptive_tau(entropy, cfg.tau_base, cfg.tau_alpha, cfg.tau_min, cfg.tau_max)
+        else:
+            tau = torch.full_like(entropy, cfg.tau_base)
+        value = quantile_readout(probs, self.support, tau)
+        return value, {"value/entropy": entropy.mean(), "value/tau": tau.mean()}
+
+    def critic_value(
+        self, state_n: torch.Tensor, lang: torch.Tensor, actions: torch.Tensor, image=None
+    ) -> torch.Tensor:
+        """``min_heads Q_target(s, a)`` for raw action chunks ``(B, H, A)``: ``(B,)``."""
+        return self.target_critic(state_n, lang, actions, image).min(0).values
+
+    # --------------------------------------------------------------------------- update
+    def _step(self, name: str, loss: torch.Tensor, params) -> torch.Tensor:
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        opt.step()
+        return norm
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        """One learner update on ``batch``; returns scalar metrics (namespaced keys)."""
+        cfg, norm = self.cfg, self.policy.normalizer
+        state_n = norm.normalize_state(batch.state)
+        next_n = norm.normalize_state(batch.next_state)
+        lang, image, actions = batch.lang, batch.image, batch.actions
+        metrics: dict[str, torch.Tensor] = {}
+
+        # 1. Value step on the dataset action's (clipped double-Q) target value.
+        with torch.no_grad():
+            label = self.critic_value(state_n, lang, actions, image)
+        out = self.value(state_n, lang, image)
+        if cfg.value == "divl":
+            target = c51_project(label, self.support)
+            loss_v = categorical_value_loss(out, target)
+            metrics["value/mean"] = (torch.softmax(out.detach(), -1) @ self.support).mean()
+        else:
+            loss_v = expectile_loss(out[:, 0], label, cfg.expectile)
+            metrics["value/mean"] = out.detach().mean()
+        metrics["value/loss"] = loss_v.detach()
+        metrics["value/grad_norm"] = self._step("value", loss_v, self.value.parameters())
+
+        # 2-3. Bootstrap from the updated value at s' (adaptive tau quantile), no gradient.
+        with torch.no_grad():
+            boot, tau_info = self.bootstrap_value(next_n, lang, batch.next_image)
+            y = td_target(batch.reward, batch.discount, boot)
+        metrics |= tau_info
+
+        # 4. Critic step on the whole chunk, both heads.
+        q = self.critic(state_n, lang, actions, image)
+        loss_q = critic_loss(q, y)
+        metrics |= {"critic/loss": loss_q.detach(), "critic/q_mean": q.detach().mean()}
+        metrics["critic/target_mean"] = y.mean()
+        metrics["critic/grad_norm"] = self._step("critic", loss_q, self.critic.parameters())
+
+        # 5. EMA of the target critic.
+        with torch.no_grad():
+            for p, tp in zip(self.critic.parameters(), self.target_critic.parameters(), strict=False):
+                tp.lerp_(p, cfg.ema)
+
+        if cfg.extraction != "none" and self.updates % cfg.actor_every == 0:
+            metrics |= self._actor_update(state_n, lang, image, actions, label)
+        self.updates += 1
+        return {k: float(v) for k, v in metrics.items()}
+
+    def _q_fn(self, state_n, lang, image, critic: nn.Module):
+        norm, pc = self.policy.normalizer, self.policy.cfg
+
+        def q_fn(x: torch.Tensor) -> torch.Tensor:
+            a = norm.denormalize_action(x.view(-1, pc.chunk, pc.action_dim)).clamp(-1.0, 1.0)
+            qs = critic(state_n, lang, a, image)
+            return qs.mean(0) if self.cfg.q_grad_heads == "mean" else qs.min(0).values
+
+        return q_fn
+
+    def _actor_update(self, state_n, lang, image, actions, q_data) -> dict[str, torch.Tensor]:
+        cfg, field = self.cfg, self.policy.field
+        steps = self.reference.cfg.flow_steps
+        if cfg.extraction == "qam":
+            loss, info = qam_actor_loss(
+                field,
+                self.reference.field,
+                state_n,
+                lang,
+                image,
+                self._q_fn(state_n, lang, image, self.target_critic),
+                lam=cfg.lam,
+                steps=steps,
+                generator=self.generator,
+                rollout=cfg.rollout_field,
+            )
+        elif cfg.extraction == "fql":
+            loss, info = fql_actor_loss(
+                field,
+                self.reference.field,
+                state_n,
+                lang,
+                image,
+                self._q_fn(state_n, lang, image, self.critic),
+                alpha=cfg.fql_alpha,
+                steps=steps,
+                generator=self.generator,
+            )
+        else:  # awr
+            with torch.no_grad():
+                v, _ = self.bootstrap_value(state_n, lang, image)
+            loss, info = awr_actor_loss(
+                field,
+                state_n,
+                lang,
+                image,
+                self.policy.normalizer.normalize_action(actions),
+                q_data - v,
+                beta=cfg.awr_beta,
+                max_weight=cfg.awr_max_weight,
+                generator=self.generator,
+            )
+        opt = self.optimizers["actor"]
+        opt.zero_grad(set_to_none=True)
+        grads = torch.autograd.grad(loss, self.actor_params, allow_unused=True)
+        for p, g in zip(self.actor_params, grads, strict=False):
+            p.grad = g
+        info["actor/grad_norm"] = torch.nn.utils.clip_grad_norm_(self.actor_params, cfg.grad_clip)
+        opt.step()
+        return info
+
+    # ---------------------------------------------------------------------- checkpoints
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        """Everything a checkpoint must hold to resume exactly (besides optimizers and RNG)."""
+        return {
+            "policy": self.policy,
+            "value": self.value,
+            "critic": self.critic,
+            "target_critic": self.target_critic,
+        }

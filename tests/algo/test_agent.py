@@ -1,0 +1,142 @@
+"""The agent's update: order, gradient isolation, and every ablation/baseline runs."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from lwd.agent import Agent
+from lwd.algo.extraction import qam_actor_loss
+from lwd.config import AgentConfig, PolicyConfig
+from lwd.policy.flow import FlowPolicy
+from lwd.types import Batch
+
+PCFG = PolicyConfig(
+    state_dim=6, action_dim=2, chunk=3, flow_steps=4, width=32, depth=2, lang_dim=8, lang_proj=4
+)
+ACFG = AgentConfig(critic_width=32, critic_depth=2, num_atoms=21)
+
+
+def make_batch(b=16, seed=0, pcfg=PCFG, images=False) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    disc = torch.where(torch.rand(b, generator=g) < 0.2, 0.0, 0.99**3)
+    img = torch.randint(0, 255, (b, pcfg.image_size, pcfg.image_size, 3), dtype=torch.uint8)
+    return Batch(
+        state=torch.randn(b, pcfg.state_dim, generator=g),
+        lang=torch.randn(b, pcfg.lang_dim, generator=g),
+        actions=torch.rand(b, pcfg.chunk, pcfg.action_dim, generator=g) * 2 - 1,
+        reward=(disc == 0).float(),
+        discount=disc,
+        next_state=torch.randn(b, pcfg.state_dim, generator=g),
+        source=torch.zeros(b, dtype=torch.long),
+        policy_version=torch.zeros(b, dtype=torch.long),
+        episode=torch.arange(b),
+        step=torch.zeros(b, dtype=torch.long),
+        online=torch.zeros(b, dtype=torch.bool),
+        image=img if images else None,
+        next_image=img if images else None,
+    )
+
+
+def snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(before, module):
+    after = module.state_dict()
+    return any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        ACFG,
+        dataclasses.replace(ACFG, value="expectile"),
+        dataclasses.replace(ACFG, adaptive_tau=False),
+        dataclasses.replace(ACFG, extraction="fql"),
+        dataclasses.replace(ACFG, extraction="awr"),
+        dataclasses.replace(ACFG, rollout_field="reference", q_grad_heads="min"),
+    ],
+    ids=["divl-qam", "expectile", "constant-tau", "fql", "awr", "ref-rollout"],
+)
+def test_every_variant_updates_and_never_moves_the_reference(cfg):
+    agent = Agent(cfg, FlowPolicy(PCFG), seed=0)
+    ref, pol = snapshot(agent.reference), snapshot(agent.policy)
+    for i in range(3):
+        metrics = agent.update(make_batch(seed=i))
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    assert "critic/loss" in metrics and "value/loss" in metrics
+    assert not changed(ref, agent.reference)
+    assert changed(pol, agent.policy)
+    if cfg.value == "divl":
+        assert cfg.tau_min <= metrics["value/tau"] <= cfg.tau_max
+
+
+def test_update_isolation_per_loss_and_ema():
+    """Value step moves only V, critic step only Q (and target by EMA), actor only f_theta."""
+    agent = Agent(ACFG, FlowPolicy(PCFG), seed=0)
+    batch = make_batch()
+    before = {name: snapshot(m) for name, m in agent.trainable_modules().items()}
+    agent.update(batch)
+    for name in ("policy", "value", "critic", "target_critic"):
+        assert changed(before[name], agent.trainable_modules()[name]), name
+    # EMA: target = (1 - rate) * old_target + rate * new_critic, exactly
+    rate = ACFG.ema
+    for k, new_t in agent.target_critic.state_dict().items():
+        expect = before["target_critic"][k] * (1 - rate) + agent.critic.state_dict()[k] * rate
+        torch.testing.assert_close(new_t, expect)
+
+
+def test_qam_loss_gradients_reach_only_the_finetuned_flow():
+    agent = Agent(ACFG, FlowPolicy(PCFG), seed=0)
+    b = make_batch()
+    s = agent.policy.normalizer.normalize_state(b.state)
+    q_fn = agent._q_fn(s, b.lang, None, agent.critic)  # even the *online* critic gets no grad
+    loss, _ = qam_actor_loss(
+        agent.policy.field, agent.reference.field, s, b.lang, None, q_fn, lam=2.0, steps=4
+    )
+    loss.backward()
+    assert all(p.grad is not None for p in agent.policy.field.parameters())
+    for m in (agent.reference, agent.critic, agent.target_critic, agent.value):
+        assert all(p.grad is None for p in m.parameters())
+
+
+def test_value_and_critic_losses_touch_only_their_nets():
+    agent = Agent(dataclasses.replace(ACFG, extraction="none"), FlowPolicy(PCFG), seed=0)
+    pol = snapshot(agent.policy)
+    crit_before = snapshot(agent.critic)
+    # freeze critic optimizer: if the value step leaked into the critic its grads would appear
+    agent.optimizers["critic"] = torch.optim.SGD(agent.critic.parameters(), lr=0.0)
+    agent.update(make_batch())
+    assert not changed(pol, agent.policy)
+    assert not changed(crit_before, agent.critic)
+    assert all(p.grad is None for p in agent.policy.parameters())
+
+
+def test_fql_acts_with_a_one_step_flow():
+    agent = Agent(dataclasses.replace(ACFG, extraction="fql"), FlowPolicy(PCFG), seed=0)
+    assert agent.acting_policy().cfg.flow_steps == 1
+    agent.update(make_batch())
+    out = agent.acting_policy().sample(torch.zeros(2, PCFG.state_dim), torch.zeros(2, 8))
+    assert out.shape == (2, PCFG.chunk, PCFG.action_dim)
+
+
+def test_agent_with_images():
+    pcfg = dataclasses.replace(PCFG, use_images=True, image_size=16, image_features=8)
+    agent = Agent(ACFG, FlowPolicy(pcfg), seed=0)
+    metrics = agent.update(make_batch(pcfg=pcfg, images=True))
+    assert torch.isfinite(torch.tensor(metrics["actor/qam_loss"]))
+
+
+def test_same_seed_same_updates():
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)  # the same SFT start
+        agent = Agent(ACFG, FlowPolicy(PCFG), seed=3)
+        runs.append([agent.update(make_batch(seed=i))["actor/qam_loss"] for i in range(2)])
+    assert runs[0] == runs[1]
+
+
+def test_bad_config_is_rejected_with_the_field_name():
+    with pytest.raises(ValueError, match="extraction"):
+        Agent(dataclasses.replace(ACFG, extraction="ppo"), FlowPolicy(PCFG))
