@@ -67,8 +67,10 @@ def check_agent_config(cfg: AgentConfig) -> None:
         )
     if not 0.0 < cfg.tau_min <= cfg.tau_max <= 1.0:
         raise ValueError(f"need 0 < tau_min <= tau_max <= 1, got {cfg.tau_min}, {cfg.tau_max}")
-    if cfg.lam <= 0 or cfg.critic_heads < 1 or cfg.actor_every < 1:
-        raise ValueError("AgentConfig: lam must be > 0, critic_heads >= 1 and actor_every >= 1")
+    if cfg.lam <= 0 or cfg.critic_heads < 1 or cfg.actor_every < 1 or cfg.actor_warmup < 0:
+        raise ValueError(
+            "AgentConfig: lam must be > 0, critic_heads >= 1, actor_every >= 1, actor_warmup >= 0"
+        )
 
 
 def _frozen(module: nn.Module) -> nn.Module:
@@ -200,10 +202,13 @@ class Agent(nn.Module):
 
         # 5. EMA of the target critic.
         with torch.no_grad():
-            for p, tp in zip(self.critic.parameters(), self.target_critic.parameters(), strict=False):
+            for p, tp in zip(
+                self.critic.parameters(), self.target_critic.parameters(), strict=False
+            ):
                 tp.lerp_(p, cfg.ema)
 
-        if cfg.extraction != "none" and self.updates % cfg.actor_every == 0:
+        since = self.updates - cfg.actor_warmup
+        if cfg.extraction != "none" and since >= 0 and since % cfg.actor_every == 0:
             metrics |= self._actor_update(state_n, lang, image, actions, label)
         self.updates += 1
         return {k: float(v) for k, v in metrics.items()}

@@ -147,7 +147,12 @@ def cmd_train_offline(args) -> int:
     )
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     agent = preset(args.agent)
-    agent_overrides = dict(lam=args.lam, critic_width=args.critic_width, tau_base=args.tau_base)
+    agent_overrides = dict(
+        lam=args.lam,
+        critic_width=args.critic_width,
+        tau_base=args.tau_base,
+        actor_warmup=args.actor_warmup,
+    )
     agent = dataclasses.replace(
         agent, **{k: v for k, v in agent_overrides.items() if v is not None}
     )
@@ -307,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--lam", type=float, help="QAM temperature lambda")
     o.add_argument("--tau-base", type=float)
     o.add_argument("--critic-width", type=int)
+    o.add_argument("--actor-warmup", type=int, help="critic-only updates before extraction")
     o.add_argument("--seed", type=int)
     o.add_argument("--checkpoint-every", type=int)
     o.add_argument("--eval-every", type=int, help="evaluate every N updates (0: never)")

@@ -153,6 +153,9 @@ class AgentConfig:
     """AWR: weights are clipped to this."""
     actor_every: int = 1
     """Update the policy every this many critic updates (1 = every update, the paper's)."""
+    actor_warmup: int = 0
+    """Policy extraction starts after this many updates, so that it follows a critic that has
+    seen some data [choice; 0 = from the first update, as in the paper]."""
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,9 @@ class EnsembleMLP(nn.Module):
     def __init__(self, members: int, in_dim: int, width: int, depth: int, out_dim: int) -> None:
         super().__init__()
         dims = [in_dim] + [width] * depth
-        self.hidden = nn.ModuleList(EnsembleLinear(members, a, b) for a, b in zip(dims, dims[1:], strict=False))
+        self.hidden = nn.ModuleList(
+            EnsembleLinear(members, a, b) for a, b in zip(dims, dims[1:], strict=False)
+        )
         self.norm_weight = nn.Parameter(torch.ones(depth, members, 1, width))
         self.norm_bias = nn.Parameter(torch.zeros(depth, members, 1, width))
         self.out = EnsembleLinear(members, dims[-1], out_dim)

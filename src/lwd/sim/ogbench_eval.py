@@ -55,7 +55,9 @@ class OraclePolicy:
     def infer(self, obs: Observation) -> ActionChunk:
         if self._skill is None or self._skill.done:
             primitive = plan(self.spec, self.env)
-            self._skill = None if primitive is None else SkillRunner(self.env, primitive, self.spec.env_kind)
+            self._skill = (
+                None if primitive is None else SkillRunner(self.env, primitive, self.spec.env_kind)
+            )
         if self._skill is None:
             action = np.zeros(5)
         else:

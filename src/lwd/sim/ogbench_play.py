@@ -175,7 +175,9 @@ class PlayCollector:
         if episode_length < 1:
             raise ValueError(f"episode_length must be at least 1, got {episode_length}")
         if state_layout not in STATE_LAYOUTS:
-            raise ValueError(f"unknown state layout {state_layout!r}; expected one of {STATE_LAYOUTS}")
+            raise ValueError(
+                f"unknown state layout {state_layout!r}; expected one of {STATE_LAYOUTS}"
+            )
         self.task = task
         self.episode_length = episode_length
         self.health_check = health_check
@@ -210,7 +212,9 @@ class PlayCollector:
         oracle.reset(ob, info)
         obs, actions = [ob], []
         reached = [goal_reached(self.task, env)]
-        cubes = [env._data.joint("object_joint_0").qpos[:3].copy()] if self.task.kind == "scene" else []
+        cubes = (
+            [env._data.joint("object_joint_0").qpos[:3].copy()] if self.task.kind == "scene" else []
+        )
         for _ in range(self.episode_length):
             action = np.clip(np.asarray(oracle.select_action(ob, info), dtype=np.float64), -1, 1)
             ob, _, _, _, info = self.env.step(action)
@@ -376,34 +380,6 @@ def generate_play_store(
     )
 
 
-def worker_setup(init: dict) -> Callable[[dict], dict]:
-    """Job handler of the worker processes (see :mod:`lwd.sim.ogbench_play_worker`)."""
-    stores: dict[str, EpisodeStore] = {}
-    collectors: dict[tuple, PlayCollector] = {}
-
-    def handle(job: dict) -> dict:
-        begin = time.perf_counter()
-        task = ogbench_task(job["env"], job["task_id"])
-        key = (task.name, job["length"], job["noise"], job["smoothing"], job["health"])
-        if key not in collectors:
-            collectors[key] = PlayCollector(task, *key[1:])
-        if task.name not in stores:
-            stores[task.name] = EpisodeStore(init["store"], known_tasks=[task.name])
-        episodes, attempts = collectors[key].episode(job["seed"], job["index"])
-        for ep in episodes:
-            stores[task.name].put(ep)
-        return dict(
-            index=job["index"],
-            segments=len(episodes),
-            successes=sum(ep.success for ep in episodes),
-            steps=sum(ep.num_steps for ep in episodes),
-            attempts=attempts,
-            seconds=time.perf_counter() - begin,
-        )
-
-    return handle
-
-
 def main(argv: list[str] | None = None) -> dict:
     """Generate a relabelled play store and print a summary; returns the summary."""
     p = argparse.ArgumentParser(prog="python -m lwd.sim.ogbench_play", description=__doc__[:80])
@@ -420,7 +396,8 @@ def main(argv: list[str] | None = None) -> dict:
     def report(done: int, total: int, r: dict) -> None:
         print(
             f"[{done}/{total}] episode {r['index']}: {r['segments']} segments, "
-            f"{r['successes']} successes, {r['steps']} steps, {r['seconds']:.1f} s",
+            f"{r['successes']} successes, {r['steps']} steps, {r['attempts']} attempt(s), "
+            f"{r['seconds']:.1f} s",
             flush=True,
         )
 
