@@ -40,8 +40,9 @@ def qam_actor_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The QAM loss for a batch of observations (ALGORITHMS.md §3, steps 1-5).
 
-    The ``K`` evaluations of each field in the regression are done as one batched call of
-    ``K * B`` rows (the observation context is encoded once and repeated).
+    The rollout of ``f_theta`` passes through exactly the points ``(x_i, t_i)`` where the
+    regression needs ``f_theta``, so its outputs are kept (with their graph) and reused instead
+    of evaluating the field again; ``f_ref`` at those points is one batched call of ``K * B`` rows.
 
     Args:
         finetuned: ``f_theta`` (gradients flow only here).
@@ -59,25 +60,31 @@ def qam_actor_loss(
     ctx_ft = finetuned.encode_context(state_n, lang, image)  # with gradient, for the loss
     with torch.no_grad():
         ctx_ref = reference.encode_context(state_n, lang, image)
-    ctx_roll = ctx_ft.detach()
+    kept: list[torch.Tensor] = []
 
-    def v_ft(x, t):
-        return finetuned.velocity(ctx_roll, x, t)
+    def v_ft(x, t):  # with gradient into f_theta; the rollout itself detaches
+        v = finetuned.velocity(ctx_ft, x, t)
+        kept.append(v)
+        return v
 
     def v_ref(x, t):
-        return reference.velocity(ctx_ref, x, t)
+        with torch.no_grad():
+            return reference.velocity(ctx_ref, x, t)
 
     size = finetuned.action_size
     x0 = torch.randn(b, size, generator=generator, device=state_n.device)
     xs = memoryless_rollout(v_ft if rollout == "finetuned" else v_ref, x0, steps, generator)
     g_terminal, q = terminal_adjoint(q_fn, xs[-1], lam)
-    adjoints = lean_adjoint(v_ref, xs, g_terminal, steps)
+    adjoints = lean_adjoint(reference_velocity(reference, ctx_ref), xs, g_terminal, steps)
 
     h = 1.0 / steps
     times = torch.arange(steps, dtype=state_n.dtype, device=state_n.device) * h
     x_all = torch.cat(xs[:steps])  # (K*B, X), block i = step i
     t_all = times.repeat_interleave(b)
-    v_fine = finetuned.velocity(ctx_ft.repeat(steps, 1), x_all, t_all).view(steps, b, size)
+    if rollout == "finetuned":
+        v_fine = torch.stack(kept)
+    else:
+        v_fine = finetuned.velocity(ctx_ft.repeat(steps, 1), x_all, t_all).view(steps, b, size)
     with torch.no_grad():
         v_base = reference.velocity(ctx_ref.repeat(steps, 1), x_all, t_all).view(steps, b, size)
     loss = adjoint_matching_loss(v_fine, v_base, adjoints, memoryless_sigma(times, h))
@@ -88,6 +95,15 @@ def qam_actor_loss(
         "actor/velocity_gap": (v_fine.detach() - v_base).norm(dim=-1).mean(),
     }
     return loss, metrics
+
+
+def reference_velocity(reference: nn.Module, ctx: torch.Tensor):
+    """``(x, t) -> f_ref(ctx, x, t)``, differentiable in ``x`` (for the lean adjoint's VJPs)."""
+
+    def velocity(x: torch.Tensor, t) -> torch.Tensor:
+        return reference.velocity(ctx, x, t)
+
+    return velocity
 
 
 def flow_ode(field: nn.Module, ctx: torch.Tensor, x0: torch.Tensor, steps: int) -> torch.Tensor:

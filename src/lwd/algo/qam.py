@@ -55,21 +55,22 @@ def memoryless_rollout(
         last_velocity: field for the final ODE step (default: ``velocity``).
 
     Returns:
-        ``K + 1`` tensors ``x_0 .. x_K`` of shape ``(B, X)``, without gradient.
+        ``K + 1`` tensors ``x_0 .. x_K`` of shape ``(B, X)``, without gradient. The chain is
+        never differentiated; a ``velocity`` that keeps its own graph (to reuse its outputs in
+        the loss) may do so, since its outputs are detached here.
     """
     h = 1.0 / steps
-    xs = [x0]
-    x = x0
-    with torch.no_grad():
-        for i in range(steps):
-            t = i * h
-            if i < steps - 1:
-                eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                drift = 2.0 * velocity(x, t) - x / (t + h)
-                x = x + h * drift + math.sqrt(h) * memoryless_sigma(t, h) * eps
-            else:
-                x = x + h * (last_velocity or velocity)(x, t)
-            xs.append(x)
+    x = x0.detach()
+    xs = [x]
+    for i in range(steps):
+        t = i * h
+        if i < steps - 1:
+            eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            drift = 2.0 * velocity(x, t).detach() - x / (t + h)
+            x = x + h * drift + math.sqrt(h) * memoryless_sigma(t, h) * eps
+        else:
+            x = x + h * (last_velocity or velocity)(x, t).detach()
+        xs.append(x)
     return xs
 
 

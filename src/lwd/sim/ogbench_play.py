@@ -382,7 +382,9 @@ def generate_play_store(
 
 def main(argv: list[str] | None = None) -> dict:
     """Generate a relabelled play store and print a summary; returns the summary."""
-    p = argparse.ArgumentParser(prog="python -m lwd.sim.ogbench_play", description=__doc__[:80])
+    p = argparse.ArgumentParser(
+        prog="python -m lwd.sim.ogbench_play", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--env", default="scene", help="scene or puzzle-3x3 (or an OGBench id)")
     p.add_argument("--task", type=int, default=2, help="OGBench single-task id, 1..5")
     p.add_argument("--episodes", type=int, default=4, help="play episodes to collect")
