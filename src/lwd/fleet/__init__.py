@@ -1,1 +1,46 @@
-"""lwd.fleet."""
+"""lwd.fleet: the fleet server (HTTP API over the episode store and the policy registry), the
+policy registry, the msgpack wire codec and the server's monitor."""
+
+from lwd.fleet.monitor import FleetMonitor, RobotStatus
+from lwd.fleet.registry import (
+    InvalidArchiveError,
+    InvalidPolicyError,
+    PolicyInfo,
+    PolicyIntegrityError,
+    PolicyNotFoundError,
+    PolicyRegistry,
+    build_archive,
+    extract_archive,
+)
+from lwd.fleet.server import create_app, run_server
+from lwd.fleet.wire import (
+    WireError,
+    decode_arrays,
+    decode_episode,
+    encode_arrays,
+    encode_episode,
+    pack_array,
+    unpack_array,
+)
+
+__all__ = [
+    "FleetMonitor",
+    "InvalidArchiveError",
+    "InvalidPolicyError",
+    "PolicyInfo",
+    "PolicyIntegrityError",
+    "PolicyNotFoundError",
+    "PolicyRegistry",
+    "RobotStatus",
+    "WireError",
+    "build_archive",
+    "create_app",
+    "decode_arrays",
+    "decode_episode",
+    "encode_arrays",
+    "encode_episode",
+    "extract_archive",
+    "pack_array",
+    "run_server",
+    "unpack_array",
+]
