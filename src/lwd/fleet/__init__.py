@@ -1,6 +1,16 @@
 """lwd.fleet: the fleet server (HTTP API over the episode store and the policy registry), the
-policy registry, the msgpack wire codec and the server's monitor."""
+policy registry, the msgpack wire codec and the server's monitor; on the robot side, the
+client (deadlines, retries), the on-disk spool and the RobotAgent."""
 
+from lwd.fleet.client import (
+    Backoff,
+    FleetClient,
+    FleetError,
+    IntegrityError,
+    PolicyRef,
+    RejectedError,
+    TransientError,
+)
 from lwd.fleet.monitor import FleetMonitor, RobotStatus
 from lwd.fleet.registry import (
     InvalidArchiveError,
@@ -12,7 +22,9 @@ from lwd.fleet.registry import (
     build_archive,
     extract_archive,
 )
+from lwd.fleet.robot_agent import NoPolicyError, RobotAgent
 from lwd.fleet.server import create_app, run_server
+from lwd.fleet.spool import DrainResult, Spool
 from lwd.fleet.wire import (
     WireError,
     decode_arrays,
@@ -24,14 +36,25 @@ from lwd.fleet.wire import (
 )
 
 __all__ = [
+    "Backoff",
+    "DrainResult",
+    "FleetClient",
+    "FleetError",
     "FleetMonitor",
+    "IntegrityError",
     "InvalidArchiveError",
     "InvalidPolicyError",
+    "NoPolicyError",
     "PolicyInfo",
     "PolicyIntegrityError",
     "PolicyNotFoundError",
+    "PolicyRef",
     "PolicyRegistry",
+    "RejectedError",
+    "RobotAgent",
     "RobotStatus",
+    "Spool",
+    "TransientError",
     "WireError",
     "build_archive",
     "create_app",
