@@ -186,6 +186,34 @@ class OfflineConfig:
     """The update itself."""
 
 
+@dataclass(frozen=True)
+class OnlineConfig:
+    """The online learner while the fleet deploys (ALGORITHMS.md §4, stage 3)."""
+
+    batch_size: int = 256
+    """Transitions per update."""
+    online_fraction: float = 0.5
+    """Share of every batch drawn from fleet (online) data: 1:1 offline:online."""
+    n_step: int = 1
+    """Chunks per TD backup, for both buffers online (online windows mix policy and human)."""
+    gamma: float = 0.9999
+    """Discount per control step."""
+    publish_every: int = 50
+    """Publish the acting policy every this many updates."""
+    refresh_every: int = 50
+    """Commit a snapshot and add its new episodes every this many updates."""
+    checkpoint_every: int = 500
+    """Write a resumable checkpoint every this many updates."""
+    keep_checkpoints: int = 2
+    """Older checkpoint directories are deleted beyond this many."""
+    max_updates: int = 0
+    """Stop after this many updates (0: run until stopped)."""
+    seed: int = 0
+    """Seeds sampling and the update's noise."""
+    agent: AgentConfig = field(default_factory=lambda: AgentConfig(tau_base=0.9))
+    """The update; tau_base 0.9 online (paper)."""
+
+
 _PRESETS: dict[str, Any] = {
     "sft-default": SFTConfig(),
     "sft-quick": SFTConfig(steps=200, batch_size=128, checkpoint_every=100),
@@ -199,6 +227,7 @@ _PRESETS: dict[str, Any] = {
     "agent-awr": AgentConfig(extraction="awr"),
     "agent-online": AgentConfig(tau_base=0.9),
     "offline-default": OfflineConfig(),
+    "online-default": OnlineConfig(),
     "offline-quick": OfflineConfig(steps=100, batch_size=64, checkpoint_every=50, n_step=3),
 }
 
@@ -237,4 +266,8 @@ def from_dict(cls: type[T], data: dict) -> T:
     return cls(**kwargs)
 
 
-_NESTED = {("SFTConfig", "policy"): PolicyConfig, ("OfflineConfig", "agent"): AgentConfig}
+_NESTED = {
+    ("SFTConfig", "policy"): PolicyConfig,
+    ("OfflineConfig", "agent"): AgentConfig,
+    ("OnlineConfig", "agent"): AgentConfig,
+}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import socket
 import time
 
 import httpx
+import numpy as np
 import pytest
 
 from lwd.fleet.client import (
@@ -60,7 +62,10 @@ def test_latest_and_download_policy_with_checksums(server, client, tmp_path):
     else:  # another test of this module published first
         ref = client.latest_policy()
     assert client.latest_policy() == ref
-    assert ref == PolicyRef(ref.version, hashlib.sha256(build_archive(ckpt)).hexdigest())
+    assert ref[:2] == (ref.version, hashlib.sha256(build_archive(ckpt)).hexdigest())
+    info = server.registry.info(ref.version)
+    assert ref == PolicyRef(ref.version, info.sha256, info.created_at)
+    assert isinstance(ref.created_at, float) and ref.created_at <= time.time()
     dest = client.download_policy(ref.version, tmp_path / "robot" / str(ref.version))
     assert load_policy(dest).cfg == TINY
     assert build_archive(dest) == build_archive(ckpt)
@@ -76,6 +81,89 @@ def test_latest_and_download_policy_with_checksums(server, client, tmp_path):
     with pytest.raises(RejectedError, match="no policy version 99") as info:
         client.download_policy(99, tmp_path / "robot" / "99")
     assert info.value.status == 404 and not (tmp_path / "robot" / "99").exists()
+
+
+def test_snapshot_listing_and_episode_download(server, client, make_episode):
+    client.upload_episode(make_episode(3, seed=31))
+    v1 = client.commit_snapshot()
+    assert client.latest_snapshot() == v1 == server.store.latest_snapshot()
+    new = [make_episode(4, seed=s, images=(3, 4)) for s in (32, 33)]
+    for ep in new:
+        client.upload_episode(ep)
+    v2 = client.commit_snapshot()
+    assert v2 == v1 + 1 == client.latest_snapshot()
+    ids = [ep.episode_id for ep in new]
+    assert client.snapshot_episode_ids(v2, after=v1) == ids
+    assert client.snapshot_episode_ids(v2) == server.store.episode_ids(v2)
+    assert client.snapshot_episode_ids(v2)[-2:] == ids
+    assert client.snapshot_episode_ids(v2, after=v2) == []
+
+    got = client.get_episode(ids[0])
+    for field in dataclasses.fields(got):
+        a, b = getattr(got, field.name), getattr(new[0], field.name)
+        if isinstance(b, np.ndarray):
+            assert a.dtype == b.dtype and np.array_equal(a, b), field.name
+        else:
+            assert a == b, field.name
+
+    with pytest.raises(RejectedError, match=f"no snapshot version {v2 + 5}") as info:
+        client.snapshot_episode_ids(v2 + 5)
+    assert info.value.status == 404 and info.value.code == "snapshot_not_found"
+    with pytest.raises(RejectedError) as info:
+        client.snapshot_episode_ids(v1, after=v2)
+    assert info.value.status == 400 and info.value.code is None
+    with pytest.raises(RejectedError) as info:
+        client.get_episode("0" * 32)
+    assert info.value.status == 404 and info.value.code == "episode_not_found"
+    with pytest.raises(TypeError):
+        client.snapshot_episode_ids("1")
+
+
+def test_no_snapshot_yet_is_none(tmp_path):
+    s = LiveServer(tmp_path / "empty").start()
+    try:
+        with FleetClient(s.url, timeout_s=5.0) as c:
+            assert c.latest_snapshot() is None
+            with pytest.raises(RejectedError, match="none was committed yet"):
+                c.snapshot_episode_ids(1)
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"error": "no policy has been published yet", "code": "no_policy"}, None),
+        ({"error": "worded differently", "code": "no_policy"}, None),
+        ({"error": "no policy has been published yet (POST /v1/policies)"}, None),  # old server
+        ({"error": "Not Found"}, RejectedError),  # wrong base_url
+        ({"error": "no policy has been published yet", "code": "other"}, RejectedError),
+    ],
+)
+def test_latest_policy_404_is_told_apart_by_code(body, expected):
+    transport = httpx.MockTransport(lambda request: httpx.Response(404, json=body))
+    with FleetClient("http://fleet", transport=transport) as c:
+        if expected is None:
+            assert c.latest_policy() is None
+        else:
+            with pytest.raises(expected) as info:
+                c.latest_policy()
+            assert info.value.code == body.get("code")
+
+
+def test_old_server_without_created_at_and_unreadable_answers():
+    answers = {
+        "/v1/policies/latest": httpx.Response(200, json={"version": 3, "sha256": "ab"}),
+        "/v1/snapshots/1/episodes": httpx.Response(200, json={"episode_ids": "nope"}),
+        "/v1/episodes/e1": httpx.Response(200, content=b"\xc1garbage"),
+    }
+    transport = httpx.MockTransport(lambda request: answers[request.url.path])
+    with FleetClient("http://fleet", transport=transport, retries=0) as c:
+        assert c.latest_policy() == PolicyRef(3, "ab") and c.latest_policy().created_at is None
+        with pytest.raises(TransientError, match="unreadable answer"):
+            c.snapshot_episode_ids(1)
+        with pytest.raises(TransientError, match="unreadable answer"):
+            c.get_episode("e1")
 
 
 def test_heartbeat_and_register(server, client):

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import math
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from lwd.fleet.registry import build_archive, extract_archive
 from lwd.fleet.server import create_app
-from lwd.fleet.wire import encode_episode
+from lwd.fleet.wire import decode_episode, encode_episode
 from lwd.policy.checkpoint import load_policy
 from lwd.types import Episode
 
@@ -139,18 +140,79 @@ def test_snapshots_are_monotonic(client, make_episode):
     assert latest == {"version": 2, "episodes": 3, "episodes_stored": 4}
 
 
+def test_snapshot_episode_listing(client, make_episode):
+    r = client.get("/v1/snapshots/1/episodes")
+    assert r.status_code == 404 and r.json()["code"] == "snapshot_not_found"
+    assert "none was committed yet" in r.json()["error"]
+    first = [make_episode(3, seed=s) for s in (1, 2)]
+    for ep in first:
+        upload(client, ep)
+    assert client.post("/v1/snapshots").json()["version"] == 1
+    second = [make_episode(3, seed=s) for s in (3, 4, 5)]
+    for ep in second:
+        upload(client, ep)
+    upload(client, first[0])  # a duplicate adds nothing
+    assert client.post("/v1/snapshots").json()["version"] == 2
+    upload(client, make_episode(3, seed=6))  # after the cut: in no snapshot
+
+    ids = [ep.episode_id for ep in first + second]
+    assert client.get("/v1/snapshots/2/episodes").json() == {
+        "version": 2,
+        "after": None,
+        "episode_ids": ids,  # commit order
+    }
+    r = client.get("/v1/snapshots/2/episodes", params={"after": 1})
+    assert r.json() == {"version": 2, "after": 1, "episode_ids": ids[2:]}
+    assert client.get("/v1/snapshots/2/episodes?after=0").json()["episode_ids"] == ids
+    assert client.get("/v1/snapshots/2/episodes?after=2").json()["episode_ids"] == []
+    assert client.get("/v1/snapshots/1/episodes").json()["episode_ids"] == ids[:2]
+
+    r = client.get("/v1/snapshots/1/episodes?after=2")
+    assert r.status_code == 400 and "newer than snapshot version 1" in r.json()["error"]
+    r = client.get("/v1/snapshots/9/episodes")
+    assert r.status_code == 404 and "no snapshot version 9; versions 1..2 exist" in r.text
+    assert r.json()["code"] == "snapshot_not_found"
+    assert client.get("/v1/snapshots/9/episodes?after=2").status_code == 404
+    assert client.get("/v1/snapshots/2/episodes?after=-1").status_code == 422
+    assert client.get("/v1/snapshots/x/episodes").status_code == 422
+
+
+def test_episode_download_round_trips(client, make_episode):
+    ep = make_episode(6, images=(4, 5))
+    upload(client, ep)
+    r = client.get(f"/v1/episodes/{ep.episode_id}")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/msgpack"
+    got = decode_episode(r.content)
+    for field in dataclasses.fields(Episode):
+        a, b = getattr(got, field.name), getattr(ep, field.name)
+        if isinstance(b, np.ndarray):
+            assert a.dtype == b.dtype and np.array_equal(a, b), field.name
+        else:
+            assert a == b, field.name
+    r = client.get("/v1/episodes/" + "0" * 32)
+    assert r.status_code == 404 and r.json()["code"] == "episode_not_found"
+    assert "0" * 32 in r.json()["error"]
+
+
 def test_policy_publish_latest_and_download(client, tmp_path):
-    assert client.get("/v1/policies/latest").status_code == 404
+    r = client.get("/v1/policies/latest")
+    assert r.status_code == 404 and r.json()["code"] == "no_policy"
+    assert "no policy has been published" in r.json()["error"]
     archive = build_archive(make_checkpoint(tmp_path / "ckpt"))
+    before = time.time()
     r = client.post("/v1/policies", content=archive, headers=TAR)
     assert r.status_code == 201, r.text
     sha = hashlib.sha256(archive).hexdigest()
-    assert r.json() == {"version": 1, "sha256": sha}
-    assert client.get("/v1/policies/latest").json() == {"version": 1, "sha256": sha}
+    created_at = r.json()["created_at"]
+    assert before <= created_at <= time.time()
+    assert r.json() == {"version": 1, "sha256": sha, "created_at": created_at}
+    latest = client.get("/v1/policies/latest").json()
+    assert latest == {"version": 1, "sha256": sha, "created_at": created_at}
 
     r = client.get("/v1/policies/1")
     assert r.status_code == 200 and r.content == archive
     assert r.headers["etag"] == f'"{sha}"' and r.headers["x-checksum-sha256"] == sha
+    assert float(r.headers["x-policy-created-at"]) == created_at
     assert r.headers["content-type"] == "application/x-tar"
     extract_archive(r.content, tmp_path / "robot")
     load_policy(tmp_path / "robot")
@@ -162,6 +224,7 @@ def test_policy_publish_latest_and_download(client, tmp_path):
 
     r = client.get("/v1/policies/7")
     assert r.status_code == 404 and "no policy version 7" in r.json()["error"]
+    assert r.json()["code"] == "policy_not_found"
     assert client.get("/v1/policies/abc").status_code == 422
 
 

@@ -2,57 +2,25 @@
 
 import json
 
-import numpy as np
 import pytest
-import torch
 
-from lwd.config import AgentConfig, OfflineConfig, PolicyConfig
-from lwd.data.store import EpisodeStore
+from lwd.config import OfflineConfig
 from lwd.learner.offline import latest_checkpoint, train_offline
-from lwd.policy.checkpoint import load_policy, save_policy
-from lwd.policy.flow import FlowPolicy
-from lwd.sim.layout import ACTION_DIM, STATE_DIM
-from lwd.types import Source
-from tests.conftest import make_episode
-
-
-class FakeEncoder:
-    def encode(self, texts):
-        return np.stack(
-            [np.random.default_rng(abs(hash(t)) % 2**32).normal(size=16) for t in texts]
-        ).astype(np.float32)
-
-
-PCFG = PolicyConfig(
-    state_dim=STATE_DIM, action_dim=ACTION_DIM, chunk=3, flow_steps=3, width=32, depth=2,
-    lang_dim=16, lang_proj=4,
-)
-CFG = OfflineConfig(
-    steps=12, batch_size=32, n_step=2, checkpoint_every=4, log_every=2, seed=5,
-    agent=AgentConfig(critic_width=32, critic_depth=2, num_atoms=11),
-)
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("offline")
-    store = EpisodeStore(root / "data", known_tasks=["open-drawer", "close-window"])
-    for i in range(6):
-        src = [Source.DEMO, Source.AUTONOMOUS, Source.PLAY][i % 3]
-        task = ["open-drawer", "close-window"][i % 2]
-        store.put(make_episode(15, seed=i, task=task, source=src, success=src == Source.DEMO))
-    store.snapshot()
-    torch.manual_seed(0)
-    save_policy(root / "sft", FlowPolicy(PCFG))
-    return root
+from lwd.policy.checkpoint import load_policy
+from tests.learner.conftest import CFG, PCFG, FakeEncoder
 
 
 def losses(setup, out, **kw):
     traj = []
     summary = train_offline(
-        CFG, setup / "data", setup / "sft", out, FakeEncoder(),
+        CFG,
+        setup / "data",
+        setup / "sft",
+        out,
+        FakeEncoder(),
         on_step=lambda s, n, m: traj.append((s, m["critic/loss"], m["actor/qam_loss"])),
-        known_tasks=None, **kw,
+        known_tasks=None,
+        **kw,
     )
     return traj, summary
 
@@ -65,6 +33,7 @@ def test_killed_run_resumes_exactly(setup, tmp_path):
     # ... but the last complete checkpoint written before the kill is at step 4: drop step 6
     # to simulate a kill between checkpoints, then resume.
     import shutil
+
     shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step-0000006")
     (tmp_path / "cut" / "LATEST").write_text("step-0000004")
     rest, s2 = losses(setup, tmp_path / "cut")

@@ -18,8 +18,15 @@ Usage loop (see :class:`~lwd.fleet.robot_agent.RobotAgent` for the whole robot):
     client.upload_episode(ep)  # {"episode_id", "stored"}; safe to repeat (the server dedups)
     client.heartbeat("robot-3", policy_version=running, episodes_done=n, status="running")
 
+A remote learner reads committed snapshots::
+
+    version = client.commit_snapshot()  # or client.latest_snapshot() (None before the first)
+    for episode_id in client.snapshot_episode_ids(version, after=last_version):
+        ep = client.get_episode(episode_id)  # the stored Episode, arrays bit-exact
+
 All calls are idempotent (episode uploads deduplicate on content), so retrying after a lost
-answer is always safe.
+answer is always safe; the one exception is :meth:`FleetClient.commit_snapshot`, whose retry
+may commit one more (harmless) snapshot covering the same episodes.
 """
 
 from __future__ import annotations
@@ -34,11 +41,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import quote
 
 import httpx
 
 from lwd.fleet.registry import POLICY_FILES, build_archive, extract_archive
-from lwd.fleet.wire import encode_episode
+from lwd.fleet.wire import decode_episode, encode_episode
 from lwd.types import Episode
 
 #: HTTP statuses that mean "not now" rather than "never": retried like a dropped connection.
@@ -66,19 +74,29 @@ class RejectedError(FleetError):
     Attributes:
         status: the HTTP status code.
         message: the server's explanation (its JSON ``error``, or the body's text).
+        code: the server's machine-readable JSON ``code`` (e.g. ``"snapshot_not_found"``,
+            ``"episode_not_found"``), or None if it sent none.
     """
 
-    def __init__(self, status: int, message: str, what: str = "request") -> None:
+    def __init__(
+        self, status: int, message: str, what: str = "request", code: str | None = None
+    ) -> None:
         super().__init__(f"{what} refused by the fleet server ({status}): {message}")
         self.status = status
         self.message = message
+        self.code = code
 
 
 class PolicyRef(NamedTuple):
-    """A published policy version as the server announces it."""
+    """A published policy version as the server announces it.
+
+    Read it by attribute (``ref.version``, ``ref.sha256``): it has three fields, so a
+    two-name unpacking ``version, sha = ref`` fails.
+    """
 
     version: int
     sha256: str  #: hex sha256 of the version's archive
+    created_at: float | None = None  #: publish time, unix seconds (None: server did not say)
 
 
 @dataclass(frozen=True)
@@ -108,15 +126,85 @@ class Backoff:
         return full * (1.0 - self.jitter * rng.random())
 
 
-def _server_message(response: httpx.Response) -> str:
+def _error_body(response: httpx.Response) -> dict:
     try:
         body = response.json()
     except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _server_message(response: httpx.Response) -> str:
+    body = _error_body(response)
+    if isinstance(body.get("error"), str):
         return body["error"]
     text = response.text.strip()
     return text[:500] if text else response.reason_phrase or "no explanation given"
+
+
+def _server_code(response: httpx.Response) -> str | None:
+    code = _error_body(response).get("code")
+    return code if isinstance(code, str) else None
+
+
+def _policy_ref(body: object) -> PolicyRef:
+    """A PolicyRef from ``{"version", "sha256"[, "created_at"]}``; ValueError if malformed."""
+    body = _json_object(body)
+    version, sha, created = body.get("version"), body.get("sha256"), body.get("created_at")
+    if (
+        not _is_int(version)
+        or not isinstance(sha, str)
+        or not (created is None or _is_num(created))
+    ):
+        raise ValueError(
+            f"expected {{'version': int, 'sha256': str, 'created_at': float}}, got {body!r}"
+        )
+    return PolicyRef(version, sha, None if created is None else float(created))
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_num(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _json_object(body: object) -> dict:
+    if not isinstance(body, dict):
+        raise ValueError(f"expected a JSON object, got {str(body)[:200]}")
+    return body
+
+
+def _version_arg(value: object, what: str) -> int:
+    if not _is_int(value):
+        raise TypeError(f"{what} must be an int, got {value!r}")
+    return value
+
+
+def _json(parse: Callable[[Any], Any]) -> Callable[[httpx.Response, float], Any]:
+    """An ``on_response`` that parses the JSON body; ``parse`` raises ValueError if malformed
+    (then the call fails as a TransientError, like any unreadable answer)."""
+
+    def on_response(response: httpx.Response, deadline: float) -> Any:
+        response.read()
+        return parse(response.json())
+
+    return on_response
+
+
+def _snapshot_version(body: object) -> int | None:
+    version = _json_object(body).get("version")
+    if version is not None and not _is_int(version):
+        raise ValueError(f"expected an int snapshot version, got {body!r}")
+    return version
+
+
+def _episode_ids(body: object) -> list[str]:
+    ids = _json_object(body).get("episode_ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ValueError(f"expected {{'episode_ids': [str, ...]}}, got {str(body)[:200]}")
+    return ids
 
 
 def _local_sha256(directory: Path) -> str | None:
@@ -215,7 +303,9 @@ class FleetClient:
                         f"{what}: fleet server at {self.base_url} answered {status}: "
                         f"{_server_message(response)}"
                     )
-                raise RejectedError(status, _server_message(response), what)
+                raise RejectedError(
+                    status, _server_message(response), what, code=_server_code(response)
+                )
             except httpx.TimeoutException:
                 last = TransientError(
                     f"{what}: fleet server at {self.base_url} did not answer within "
@@ -264,15 +354,14 @@ class FleetClient:
         def parse(response: httpx.Response, deadline: float) -> PolicyRef | None:
             response.read()
             if response.status_code == 404:
-                message = _server_message(response)
-                if "no policy has been published" in message:
+                message, code = _server_message(response), _server_code(response)
+                # Servers before error codes said so only in words.
+                if code == "no_policy" or (
+                    code is None and "no policy has been published" in message
+                ):
                     return None
-                raise RejectedError(404, message, "latest policy query")  # wrong base_url?
-            body = response.json()
-            version, sha = body.get("version"), body.get("sha256")
-            if not isinstance(version, int) or not isinstance(sha, str):
-                raise ValueError(f"expected {{'version': int, 'sha256': str}}, got {body!r}")
-            return PolicyRef(version, sha)
+                raise RejectedError(404, message, "latest policy query", code)  # wrong base_url?
+            return _policy_ref(response.json())
 
         return self._call(
             "GET", "/v1/policies/latest", "latest policy query", ok=(200, 404), on_response=parse
@@ -355,8 +444,76 @@ class FleetClient:
             content=body,
             headers=_TAR,
         )
-        return PolicyRef(int(answer["version"]), str(answer["sha256"]))
+        return _policy_ref(answer)
 
+    # ------------------------------------------------------------------------ snapshots
+    def commit_snapshot(self) -> int:
+        """Commit a snapshot of every episode stored so far; returns its version.
+
+        A retry after a lost answer may commit one more snapshot with the same episodes.
+        """
+        version = self._call(
+            "POST", "/v1/snapshots", "snapshot commit", on_response=_json(_snapshot_version)
+        )
+        if version is None:
+            raise TransientError(f"snapshot commit: {self.base_url} answered no version")
+        return version
+
+    def latest_snapshot(self) -> int | None:
+        """The newest committed snapshot version, or None if none was committed yet."""
+        return self._call(
+            "GET",
+            "/v1/snapshots/latest",
+            "latest snapshot query",
+            on_response=_json(_snapshot_version),
+        )
+
+    def snapshot_episode_ids(self, version: int, after: int | None = None) -> list[str]:
+        """Ids of the episodes in snapshot ``version`` that are not in snapshot ``after``.
+
+        Args:
+            version: a committed snapshot version.
+            after: an older committed version (0: before any snapshot); None lists every
+                episode of ``version``.
+
+        Returns:
+            The ids in commit order (oldest first).
+
+        Raises:
+            RejectedError: an unknown version (404, code ``"snapshot_not_found"``), or
+                ``after`` newer than ``version`` (400).
+            TransientError: try again later.
+        """
+        version = _version_arg(version, "snapshot version")
+        params = {} if after is None else {"after": _version_arg(after, "after")}
+        return self._call(
+            "GET",
+            f"/v1/snapshots/{version}/episodes",
+            f"episode list of snapshot {version}",
+            params=params,
+            on_response=_json(_episode_ids),
+        )
+
+    def get_episode(self, episode_id: str) -> Episode:
+        """The stored episode with this id, decoded from the server's msgpack.
+
+        Raises:
+            RejectedError: no such episode (404, code ``"episode_not_found"``).
+            TransientError: try again later (an undecodable body counts as one too).
+        """
+
+        def receive(response: httpx.Response, deadline: float) -> Episode:
+            return decode_episode(response.read())  # WireError is a ValueError: transient
+
+        return self._call(
+            "GET",
+            f"/v1/episodes/{quote(episode_id, safe='')}",
+            f"download of episode {episode_id}",
+            ok=(200,),
+            on_response=receive,
+        )
+
+    # --------------------------------------------------------------------------- robots
     def register(self, robot_id: str) -> int | None:
         """Announce a robot; returns the latest policy version (None: none published)."""
         answer = self._call(

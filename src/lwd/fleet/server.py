@@ -4,16 +4,27 @@ Layout of ``root``: ``store/`` (:class:`~lwd.data.store.EpisodeStore`) and ``pol
 (:class:`~lwd.fleet.registry.PolicyRegistry`); a new server over the same root carries on
 where the old one stopped (only the in-memory counters and robot roster start afresh).
 
-Endpoints (errors are JSON ``{"error": message}`` with a 4xx status)::
+Endpoints (errors are JSON ``{"error": message}`` with a 4xx status, plus a machine-readable
+``"code"`` where a client has to tell one 404 from another: ``no_policy``,
+``policy_not_found``, ``snapshot_not_found``, ``episode_not_found``)::
 
     POST /v1/episodes                  msgpack episode -> 201 {"episode_id", "stored"}
                                        400 undecodable, 409 id reused, 413 too large,
                                        415 not msgpack, 422 invalid episode
+    GET  /v1/episodes/{id}             -> the msgpack episode (lwd.fleet.wire); 404 unknown id
     POST /v1/snapshots                 -> 201 {"version", "episodes"}
     GET  /v1/snapshots/latest          -> {"version" (or null), "episodes", "episodes_stored"}
-    POST /v1/policies                  tar of a checkpoint -> 201 {"version", "sha256"}; 400, 422
-    GET  /v1/policies/latest           -> {"version", "sha256"}; 404 before the first publish
-    GET  /v1/policies/{v}              -> the tar; ETag "<sha256>", X-Checksum-Sha256; 304
+    GET  /v1/snapshots/{v}/episodes?after=A
+                                       -> {"version", "after" (or null), "episode_ids"}: ids in
+                                       snapshot v but not in snapshot A (all of v's without
+                                       after; after=0 means before any snapshot), in commit
+                                       order; 404 unknown v or A, 400 A > v
+    POST /v1/policies                  tar of a checkpoint -> 201 {"version", "sha256",
+                                       "created_at"}; 400, 422
+    GET  /v1/policies/latest           -> {"version", "sha256", "created_at"} (publish time,
+                                       unix seconds); 404 code "no_policy" before the first
+    GET  /v1/policies/{v}              -> the tar; ETag "<sha256>", X-Checksum-Sha256,
+                                       X-Policy-Version, X-Policy-Created-At; 304
     POST /v1/robots/{id}/register      optional JSON heartbeat -> {"robot_id", "latest_policy"}
     POST /v1/robots/{id}/heartbeat     {"policy_version", "episodes_done", "status"}
                                        -> {"latest_policy"}
@@ -43,7 +54,7 @@ from pathlib import Path
 from typing import Annotated
 
 import uvicorn
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -51,7 +62,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lwd.data.schema import EpisodeValidationError
-from lwd.data.store import EpisodeConflictError, EpisodeStore
+from lwd.data.store import (
+    EpisodeConflictError,
+    EpisodeNotFoundError,
+    EpisodeStore,
+    SnapshotNotFoundError,
+)
 from lwd.fleet.monitor import FleetMonitor, Gauge
 from lwd.fleet.registry import (
     InvalidArchiveError,
@@ -60,7 +76,7 @@ from lwd.fleet.registry import (
     PolicyNotFoundError,
     PolicyRegistry,
 )
-from lwd.fleet.wire import WireError, decode_episode
+from lwd.fleet.wire import WireError, decode_episode, encode_episode
 
 #: Default upload limits, bytes.
 MAX_EPISODE_BYTES = 256 * 1024 * 1024
@@ -97,8 +113,16 @@ class _Fleet:
     put_lock: threading.Lock
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> HTTPException:
-    return HTTPException(status_code=status, detail=message, headers=headers)
+def _error(
+    status: int,
+    message: str,
+    headers: dict[str, str] | None = None,
+    *,
+    code: str | None = None,
+) -> HTTPException:
+    """An error answered as ``{"error": message}``, plus ``"code": code`` when given."""
+    detail: str | dict[str, str] = message if code is None else {"error": message, "code": code}
+    return HTTPException(status_code=status, detail=detail, headers=headers)
 
 
 def _media_type(request: Request) -> str:
@@ -184,7 +208,8 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
+        body = exc.detail if isinstance(exc.detail, dict) else {"error": str(exc.detail)}
+        return JSONResponse(body, exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -244,6 +269,16 @@ def create_app(
         episode_id, stored = await run_in_threadpool(ingest, body)
         return {"episode_id": episode_id, "stored": stored}
 
+    @app.get("/v1/episodes/{episode_id}")
+    def download_episode(episode_id: str) -> Response:
+        try:
+            ep = fleet.store.get(episode_id)
+        except EpisodeNotFoundError:
+            raise _error(
+                404, f"no episode {episode_id!r} is stored", code="episode_not_found"
+            ) from None
+        return Response(encode_episode(ep), media_type=MSGPACK_TYPES[0])
+
     # --------------------------------------------------------------------------- snapshots
     @app.post("/v1/snapshots", status_code=201)
     def commit_snapshot() -> dict:
@@ -256,6 +291,34 @@ def create_app(
         version = fleet.store.latest_snapshot()
         episodes = 0 if version is None else len(fleet.store.episode_ids(version))
         return {"version": version, "episodes": episodes, "episodes_stored": len(fleet.store)}
+
+    def snapshot_ids(version: int) -> list[str]:
+        try:
+            return fleet.store.episode_ids(version)
+        except SnapshotNotFoundError:
+            latest = fleet.store.latest_snapshot()
+            have = f"versions 1..{latest} exist" if latest else "none was committed yet"
+            raise _error(
+                404,
+                f"no snapshot version {version}; {have} (POST /v1/snapshots commits one)",
+                code="snapshot_not_found",
+            ) from None
+
+    @app.get("/v1/snapshots/{version}/episodes")
+    def snapshot_episodes(version: int, after: Annotated[int | None, Query(ge=0)] = None) -> dict:
+        if after is not None and after > version:
+            raise _error(
+                400,
+                f"after={after} is newer than snapshot version {version}; "
+                "ask for the episodes of a newer version since an older one",
+            )
+        # Snapshots are cut by insertion sequence, so snapshot `after`'s ids are a prefix of
+        # `version`'s; the set difference keeps commit order without relying on that.
+        ids = snapshot_ids(version)
+        if after:  # after=0: before the first snapshot, i.e. nothing
+            old = set(snapshot_ids(after))
+            ids = [i for i in ids if i not in old]
+        return {"version": version, "after": after, "episode_ids": ids}
 
     # ---------------------------------------------------------------------------- policies
     @app.post("/v1/policies", status_code=201)
@@ -281,25 +344,33 @@ def create_app(
         except InvalidPolicyError as exc:
             raise _error(422, str(exc)) from None
         fleet.monitor.record_publish()
-        return {"version": version, "sha256": fleet.registry.checksum(version)}
+        return policy_ref(version)
+
+    def policy_ref(version: int) -> dict:
+        info = fleet.registry.info(version)
+        return {"version": info.version, "sha256": info.sha256, "created_at": info.created_at}
 
     @app.get("/v1/policies/latest")
     def latest_policy() -> dict:
         version = fleet.registry.latest()
         if version is None:
-            raise _error(404, "no policy has been published yet (POST /v1/policies)")
-        return {"version": version, "sha256": fleet.registry.checksum(version)}
+            raise _error(
+                404, "no policy has been published yet (POST /v1/policies)", code="no_policy"
+            )
+        return policy_ref(version)
 
     @app.get("/v1/policies/{version}")
     def download_policy(version: int, request: Request) -> Response:
         try:
-            sha256 = fleet.registry.checksum(version)
+            info = fleet.registry.info(version)
         except PolicyNotFoundError as exc:
-            raise _error(404, str(exc)) from None
+            raise _error(404, str(exc), code="policy_not_found") from None
+        sha256 = info.sha256
         headers = {
             "ETag": f'"{sha256}"',
             "X-Checksum-Sha256": sha256,
             "X-Policy-Version": str(version),
+            "X-Policy-Created-At": repr(float(info.created_at)),
         }
         if _etag_matches(request.headers.get("if-none-match"), sha256):
             return Response(status_code=304, headers=headers)

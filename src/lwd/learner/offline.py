@@ -25,6 +25,7 @@ from lwd.data.replay import ReplayBuffer
 from lwd.data.store import EpisodeStore
 from lwd.policy.checkpoint import (
     CheckpointError,
+    TrainingState,
     load_module_weights,
     load_policy,
     load_training_state,
@@ -75,22 +76,36 @@ def save_agent(directory: Path, agent: Agent, np_rng: np.random.Generator, extra
     )
 
 
-def load_agent(directory: Path, agent: Agent, np_rng: np.random.Generator) -> int:
-    """Restore :func:`save_agent` output into a freshly built ``agent``; returns the step."""
+def load_agent(
+    directory: Path,
+    agent: Agent,
+    np_rng: np.random.Generator | None = None,
+    *,
+    training_state: bool = True,
+) -> TrainingState | None:
+    """Restore :func:`save_agent` output into a freshly built ``agent``.
+
+    With ``training_state=False`` only the networks are loaded (a new run starting from
+    another run's agent, e.g. online RL from the offline checkpoint); otherwise optimizers,
+    RNGs and the update counter too, and the saved :class:`TrainingState` is returned.
+    """
     saved = load_policy(directory / "policy")
     agent.policy.load_state_dict(saved.state_dict())
     ref = load_policy(directory / "reference")
     agent.reference.load_state_dict(ref.state_dict())
     for name in ("value", "critic", "target_critic"):
         load_module_weights(directory / f"{name}.safetensors", getattr(agent, name))
+    if not training_state:
+        return None
     state = load_training_state(
         directory, agent.optimizers, generators={"agent": agent.generator, "sample": np_rng}
     )
     agent.updates = state.step
-    return state.step
+    return state
 
 
-def _commit_checkpoint(out: Path, step: int, agent: Agent, rng, extra: dict, keep: int) -> None:
+def commit_checkpoint(out: Path, step: int, agent: Agent, rng, extra: dict, keep: int) -> None:
+    """Write a complete checkpoint directory, then point ``OUT/LATEST`` at it (atomically)."""
     final = _checkpoint_dir(out, step)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -177,7 +192,7 @@ def train_offline(
     start = 0
     latest = latest_checkpoint(out)
     if latest is not None:
-        start = load_agent(latest, agent, rng)
+        start = load_agent(latest, agent, rng).step
     config_path.write_text(json.dumps(to_dict(cfg), indent=2))
     extra = dict(
         trainer="offline",
@@ -198,7 +213,7 @@ def train_offline(
                 for k, v in metrics.items():
                     writer.add_scalar(k, v, done)
             if done % cfg.checkpoint_every == 0 or done == end:
-                _commit_checkpoint(out, done, agent, rng, extra, cfg.keep_checkpoints)
+                commit_checkpoint(out, done, agent, rng, extra, cfg.keep_checkpoints)
             if (
                 evaluator is not None
                 and cfg.eval_every

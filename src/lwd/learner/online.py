@@ -1,0 +1,254 @@
+"""The online learner: committed fleet snapshots -> 1:1 replay -> Agent.update -> publish.
+
+Usage loop (``lwd learner`` wires a :class:`HttpSource` and :class:`HttpSink` to a server)::
+
+    learner = OnlineLearner(cfg, init, offline_data, source, sink, out, encoder)
+    learner.run(stop)        # until stop is set or cfg.max_updates
+      every refresh_every updates: commit a snapshot, add its new episodes to the online buffer
+      every update:            batch = 1:1 offline:online (all offline while no fleet data)
+      every publish_every:     publish the acting policy (robots load it between episodes)
+      every checkpoint_every:  a complete checkpoint (agent, RNGs, snapshots consumed so far)
+
+A killed learner resumes exactly: its checkpoint records which snapshot versions were added at
+which update, and the online buffer is rebuilt from the same snapshots in the same order (the
+store is append-only and snapshots never change), so batches and losses continue as if it had
+never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from lwd.agent import Agent
+from lwd.config import OfflineConfig, OnlineConfig, from_dict, to_dict
+from lwd.data.replay import MixedReplay, ReplayBuffer
+from lwd.data.store import EpisodeStore
+from lwd.learner.offline import (
+    build_offline_replay,
+    commit_checkpoint,
+    latest_checkpoint,
+    load_agent,
+)
+from lwd.policy.checkpoint import load_policy, save_policy
+from lwd.policy.flow import TextEncoder
+from lwd.types import Episode
+
+CONFIG_FILE = "online_config.json"
+
+
+class SnapshotSource(Protocol):
+    """Where fleet episodes come from: committed, immutable snapshots of an episode store."""
+
+    def commit(self) -> int | None:
+        """Commit a snapshot of everything stored now; its version (None: nothing stored)."""
+        ...
+
+    def new_episodes(self, after: int | None, version: int) -> list[Episode]:
+        """Episodes in snapshot ``version`` but not in snapshot ``after``, in commit order."""
+        ...
+
+
+class PolicySink(Protocol):
+    """Where new policy versions go (a registry, local or behind the server)."""
+
+    def publish(self, checkpoint_dir: Path) -> int:
+        """Publish a policy checkpoint directory; returns its version."""
+        ...
+
+
+class LocalSource:
+    """A :class:`SnapshotSource` over an :class:`EpisodeStore` on this machine."""
+
+    def __init__(self, store: EpisodeStore) -> None:
+        self.store = store
+
+    def commit(self) -> int | None:
+        return self.store.snapshot() if len(self.store) else None
+
+    def new_episodes(self, after: int | None, version: int) -> list[Episode]:
+        seen = set(self.store.episode_ids(after)) if after is not None else set()
+        return [self.store.get(i) for i in self.store.episode_ids(version) if i not in seen]
+
+
+class HttpSource:
+    """A :class:`SnapshotSource` over the fleet server's HTTP API."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+    def commit(self) -> int | None:
+        return self.client.commit_snapshot()
+
+    def new_episodes(self, after: int | None, version: int) -> list[Episode]:
+        ids = self.client.snapshot_episode_ids(version, after=after)
+        return [self.client.get_episode(i) for i in ids]
+
+
+class HttpSink:
+    """A :class:`PolicySink` that uploads to the fleet server's registry."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+    def publish(self, checkpoint_dir: Path) -> int:
+        return int(self.client.publish_policy(checkpoint_dir).version)
+
+
+class RegistrySink:
+    """A :class:`PolicySink` writing to a :class:`~lwd.fleet.registry.PolicyRegistry` directly."""
+
+    def __init__(self, registry) -> None:
+        self.registry = registry
+
+    def publish(self, checkpoint_dir: Path) -> int:
+        return int(self.registry.publish(checkpoint_dir))
+
+
+UpdateCallback = Callable[[int, dict, dict], None]
+"""``on_update(step, metrics, status)``; status has snapshot, online transitions, published."""
+
+
+class OnlineLearner:
+    """Online DIVL + QAM from an offline run (or an SFT checkpoint) while the fleet deploys.
+
+    Args:
+        cfg: the online run.
+        init: an offline run directory (its latest checkpoint gives policy, reference, value
+            and critic) or an SFT policy checkpoint (value and critic start from scratch).
+        offline_data: the offline episode store (half of every batch).
+        source: committed fleet snapshots.
+        sink: where published policies go.
+        out: run directory (resumed if it holds a checkpoint of the same config).
+        encoder: instruction embedder.
+    """
+
+    def __init__(
+        self,
+        cfg: OnlineConfig,
+        init: str | Path,
+        offline_data: str | Path,
+        source: SnapshotSource,
+        sink: PolicySink,
+        out: str | Path,
+        encoder: TextEncoder,
+        known_tasks=None,
+    ) -> None:
+        self.cfg, self.source, self.sink, self.out = cfg, source, sink, Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        config_path = self.out / CONFIG_FILE
+        if config_path.is_file():
+            saved = from_dict(OnlineConfig, json.loads(config_path.read_text()))
+            if saved != cfg:
+                raise ValueError(
+                    f"{self.out} holds an online run with a different config; pass a new --out, "
+                    f"or the same settings to resume it"
+                )
+        init = Path(init)
+        init_ckpt = latest_checkpoint(init) if (init / "LATEST").is_file() else None
+        reference = load_policy(init_ckpt / "reference" if init_ckpt else init)
+        self.agent = Agent(cfg.agent, reference, seed=cfg.seed)
+        if init_ckpt is not None:
+            load_agent(init_ckpt, self.agent, training_state=False)
+        horizon = reference.cfg.chunk
+        offline_cfg = OfflineConfig(n_step=cfg.n_step, gamma=cfg.gamma)
+        self.offline = build_offline_replay(
+            offline_cfg, Path(offline_data), encoder, horizon, known_tasks
+        )
+        self.online = ReplayBuffer(horizon, cfg.n_step, cfg.gamma, encoder, online=True)
+        self.replay = MixedReplay(self.offline, self.online, cfg.online_fraction)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.snapshots: list[tuple[int, int]] = []  # (update, version) in the order added
+        self.published: list[tuple[int, int]] = []  # (update, policy version)
+        self.step = 0
+        latest = latest_checkpoint(self.out)
+        if latest is not None:
+            state = load_agent(latest, self.agent, self.rng)
+            self.step = state.step
+            self._rebuild_online(state.extra.get("snapshots", []))
+            self.published = [tuple(p) for p in state.extra.get("published", [])]
+        config_path.write_text(json.dumps(to_dict(cfg), indent=2))
+        self.init = str(init.resolve())
+
+    # --------------------------------------------------------------------------- data
+    def _rebuild_online(self, snapshots: list) -> None:
+        after = None
+        for step, version in snapshots:
+            self.online.add_episodes(self.source.new_episodes(after, version))
+            self.snapshots.append((int(step), int(version)))
+            after = version
+
+    def refresh(self) -> int:
+        """Commit a snapshot and add its new episodes; returns how many were added."""
+        version = self.source.commit()
+        last = self.snapshots[-1][1] if self.snapshots else None
+        if version is None or version == last:
+            return 0
+        added = self.online.add_episodes(self.source.new_episodes(last, version))
+        self.snapshots.append((self.step, version))
+        return added
+
+    # ------------------------------------------------------------------------- publish
+    def publish(self) -> int:
+        """Publish the acting policy; returns the new version."""
+        tmp = self.out / "publish.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_policy(tmp, self.agent.policy, extra=dict(trainer="online", step=self.step))
+        version = self.sink.publish(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.published.append((self.step, version))
+        return version
+
+    def checkpoint(self) -> None:
+        extra = dict(
+            trainer="online",
+            init=self.init,
+            snapshots=[list(s) for s in self.snapshots],
+            published=[list(p) for p in self.published],
+        )
+        commit_checkpoint(
+            self.out, self.step, self.agent, self.rng, extra, self.cfg.keep_checkpoints
+        )
+
+    # ---------------------------------------------------------------------------- loop
+    def run(self, stop: threading.Event | None = None, on_update: UpdateCallback | None = None):
+        """Update until ``stop`` is set or ``cfg.max_updates``; checkpoints on the way out."""
+        cfg = self.cfg
+        if self.step == 0 and not self.published:
+            self.publish()  # version 1 = the starting policy, so robots have something to run
+        t0, start = time.perf_counter(), self.step
+        try:
+            while not (stop is not None and stop.is_set()):
+                if cfg.max_updates and self.step >= cfg.max_updates:
+                    break
+                if self.step % cfg.refresh_every == 0:
+                    self.refresh()
+                metrics = self.agent.update(self.replay.sample(cfg.batch_size, self.rng))
+                self.step += 1
+                if self.step % cfg.publish_every == 0:
+                    self.publish()
+                if self.step % cfg.checkpoint_every == 0:
+                    self.checkpoint()
+                if on_update is not None:
+                    on_update(self.step, metrics, self.status(t0, start))
+        finally:
+            if self.step > start:
+                self.checkpoint()
+        return self.status(t0, start)
+
+    def status(self, t0: float, start: int) -> dict:
+        return dict(
+            step=self.step,
+            snapshot=self.snapshots[-1][1] if self.snapshots else None,
+            online_transitions=len(self.online),
+            online_in_batch=self.replay.last_online_count,
+            published=self.published[-1][1] if self.published else None,
+            updates_per_s=(self.step - start) / max(time.perf_counter() - t0, 1e-9),
+        )
