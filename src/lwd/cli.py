@@ -189,6 +189,97 @@ def cmd_train_offline(args) -> int:
     return 0
 
 
+def cmd_server(args) -> int:
+    from lwd.fleet.server import run_server
+    from lwd.sim.tasks import task_names
+
+    run_server(Path(args.root), args.host, args.port, known_tasks=task_names())
+    return 0
+
+
+def cmd_robot(args) -> int:
+    import zlib
+
+    from lwd.fleet.client import FleetClient
+    from lwd.fleet.robot_agent import RobotAgent
+    from lwd.fleet.spool import Spool
+    from lwd.policy.instruction import InstructionEncoder
+    from lwd.sim.operator import ScriptedOperator
+    from lwd.sim.robot import Perturbation, SimRobot
+    from lwd.sim.tasks import get_suite
+
+    seed = args.seed if args.seed is not None else zlib.crc32(args.robot_id.encode())
+    robot = SimRobot(args.robot_id, Perturbation.sample(seed) if args.perturb else None)
+    operator = None if args.no_operator else ScriptedOperator(robot, "demonstrator", seed=seed)
+    tasks = get_suite(args.suite)
+    if args.tasks:
+        tasks = [t for t in tasks if t.name in set(args.tasks)]
+        if not tasks:
+            raise ValueError(f"none of {args.tasks} is a task of suite {args.suite}")
+    work = Path(args.workdir) / args.robot_id
+    with FleetClient(args.server, timeout_s=args.timeout, retries=1) as client:
+        agent = RobotAgent(
+            robot,
+            client,
+            Spool(work / "spool"),
+            args.robot_id,
+            InstructionEncoder(),
+            work / "policies",
+            operator=operator,
+            seed=seed,
+        )
+        done = agent.run(tasks, num_episodes=args.episodes or None)
+    print(f"{args.robot_id}: {done} episodes")
+    return 0
+
+
+def cmd_learner(args) -> int:
+    from lwd.config import preset
+    from lwd.fleet.client import FleetClient
+    from lwd.learner.online import HttpSink, HttpSource, OnlineLearner, adopt_architecture
+    from lwd.policy.instruction import InstructionEncoder
+    from lwd.sim.tasks import task_names
+
+    cfg = preset(args.preset)
+    overrides = dict(max_updates=args.max_updates, seed=args.seed, batch_size=args.batch_size)
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    if args.lam is not None or args.critic_width is not None:
+        agent = cfg.agent
+        if args.lam is not None:
+            agent = dataclasses.replace(agent, lam=args.lam)
+        if args.critic_width is not None:
+            agent = dataclasses.replace(agent, critic_width=args.critic_width)
+        cfg = dataclasses.replace(cfg, agent=agent)
+    cfg = adopt_architecture(cfg, args.init)
+    with FleetClient(args.server, timeout_s=30.0) as client:
+        learner = OnlineLearner(
+            cfg,
+            args.init,
+            args.offline_data,
+            HttpSource(client),
+            HttpSink(client),
+            args.out,
+            InstructionEncoder(),
+            known_tasks=task_names(),
+        )
+
+        def on(step, m, st):
+            if step % 10 == 0:
+                print(
+                    f"update {step}: snapshot {st['snapshot']} online {st['online_transitions']} "
+                    f"published v{st['published']} {st['updates_per_s']:.1f} upd/s "
+                    f"Q {m['critic/q_mean']:.3f}",
+                    flush=True,
+                )
+
+        try:
+            status = learner.run(on_update=on)
+        except KeyboardInterrupt:
+            status = {"step": learner.step, "interrupted": True}
+    print(json.dumps(status))
+    return 0
+
+
 def cmd_eval(args) -> int:
     from rich.console import Console
 
@@ -329,6 +420,38 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-perturb", action="store_true", help="nominal robots only")
     e.add_argument("--json", help="write the report here (and a PNG beside it)")
     e.set_defaults(func=cmd_eval)
+
+    sv = sub.add_parser("server", help="the fleet server (episode store + policy registry)")
+    sv.add_argument("--root", required=True, help="server directory (store, policies)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.set_defaults(func=cmd_server)
+
+    r = sub.add_parser("robot", help="one simulated robot of the fleet")
+    r.add_argument("--server", required=True, help="fleet server URL, e.g. http://127.0.0.1:8000")
+    r.add_argument("--robot-id", required=True)
+    r.add_argument("--workdir", default="robots", help="spool and policies go here")
+    r.add_argument("--suite", default="fleet8")
+    r.add_argument("--tasks", nargs="*", help="restrict to these tasks")
+    r.add_argument("--episodes", type=int, default=0, help="stop after N episodes (0: never)")
+    r.add_argument("--seed", type=int, help="default: derived from the robot id")
+    r.add_argument("--no-perturb", dest="perturb", action="store_false")
+    r.add_argument("--no-operator", action="store_true", help="no interventions")
+    r.add_argument("--timeout", type=float, default=10.0, help="deadline per server call (s)")
+    r.set_defaults(func=cmd_robot)
+
+    ln = sub.add_parser("learner", help="the online learner (DIVL + QAM on fleet data)")
+    ln.add_argument("--server", required=True, help="fleet server URL")
+    ln.add_argument("--init", required=True, help="offline run directory or SFT checkpoint")
+    ln.add_argument("--offline-data", required=True, help="the offline episode store")
+    ln.add_argument("--out", required=True, help="run directory (resumed if present)")
+    ln.add_argument("--preset", default="online-default")
+    ln.add_argument("--max-updates", type=int)
+    ln.add_argument("--batch-size", type=int)
+    ln.add_argument("--lam", type=float)
+    ln.add_argument("--critic-width", type=int)
+    ln.add_argument("--seed", type=int)
+    ln.set_defaults(func=cmd_learner)
 
     d = sub.add_parser("demo", help="the end-to-end demo on one machine")
     d.add_argument("--out", default="demo_out")

@@ -17,6 +17,7 @@ never stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import threading
@@ -110,6 +111,31 @@ class RegistrySink:
 
     def publish(self, checkpoint_dir: Path) -> int:
         return int(self.registry.publish(checkpoint_dir))
+
+
+_ARCHITECTURE = (
+    "value",
+    "num_atoms",
+    "v_min",
+    "v_max",
+    "critic_heads",
+    "critic_width",
+    "critic_depth",
+)
+
+
+def adopt_architecture(cfg: OnlineConfig, init: str | Path) -> OnlineConfig:
+    """``cfg`` with the value/critic architecture of the offline run ``init`` (if it is one).
+
+    Online RL continues the offline networks, so their shapes are not a free choice; the
+    online hyperparameters (tau_base, learning rates, lambda) stay as given.
+    """
+    path = Path(init) / "offline_config.json"
+    if not path.is_file():
+        return cfg
+    offline = from_dict(OfflineConfig, json.loads(path.read_text())).agent
+    arch = {name: getattr(offline, name) for name in _ARCHITECTURE}
+    return dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, **arch))
 
 
 UpdateCallback = Callable[[int, dict, dict], None]
