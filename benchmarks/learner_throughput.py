@@ -11,25 +11,12 @@ and divides the achieved rate by this machine's fp32 matmul rate measured in the
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from result_file import setup_process, write_result  # noqa: E402
-
-
-def matmul_gflops(torch, device: str, n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    for _ in range(3):
-        a @ b
-    sync(torch, device)
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(torch, device)
-    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+from result_file import matmul_gflops, setup_process, write_result  # noqa: E402
 
 
 def sync(torch, device: str) -> None:
@@ -99,8 +86,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    dataclasses  # noqa: B018 (kept for readers extending the configs)
-    peak_before = matmul_gflops(torch, args.device)
+    peak_before = matmul_gflops(device=args.device)
     results = {}
     for width in (256, 512):
         steps = 3 if args.quick else (40 if width == 512 else 80)
@@ -110,7 +96,7 @@ def main() -> None:
             f"width {width}: {r['updates_per_s']:.2f} updates/s, "
             f"{r['gflop_per_update']:.1f} GFLOP/update, {r['gflops']:.0f} GFLOP/s"
         )
-    peak = max(peak_before, matmul_gflops(torch, args.device))
+    peak = max(peak_before, matmul_gflops(device=args.device))
     print(f"matmul peak: {peak:.0f} GFLOP/s")
     metrics = {}
     for width, r in results.items():

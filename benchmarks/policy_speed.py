@@ -17,16 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from result_file import setup_process, write_result  # noqa: E402
-
-
-def matmul_gflops(torch, n: int = 1024, reps: int = 20) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+from result_file import matmul_gflops, setup_process, write_result  # noqa: E402
 
 
 def main() -> None:
@@ -47,7 +38,7 @@ def main() -> None:
     steps, reps = (20, 50) if args.quick else (200, 500)
 
     torch.set_num_threads(args.train_threads)
-    peak = matmul_gflops(torch)
+    peak = matmul_gflops(1024, 20)
     torch.manual_seed(0)
     policy = FlowPolicy(cfg)
     opt = torch.optim.AdamW(policy.parameters(), lr=3e-4)

@@ -45,6 +45,25 @@ def write_result(name: str, metrics: dict[str, float], details: dict) -> Path:
     return path
 
 
+def matmul_gflops(n: int = 2048, reps: int = 10, device: str = "cpu") -> float:
+    """This machine's fp32 matmul rate (GFLOP/s) with torch's current thread setting."""
+    import time
+
+    import torch
+
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    for _ in range(3):
+        a @ b
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
 def setup_process() -> None:
     """Same process settings as the CLI (offline model, offscreen rendering)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -47,6 +47,11 @@ def _progress(description: str):
     )
 
 
+def _override(cfg, **values):
+    """``cfg`` with the fields given on the command line (None: not given) replaced."""
+    return dataclasses.replace(cfg, **{k: v for k, v in values.items() if v is not None})
+
+
 # -- commands ------------------------------------------------------------------------------
 def cmd_data_generate(args) -> int:
     from lwd.sim.generate import GenerateConfig, generate
@@ -101,19 +106,14 @@ def cmd_train_sft(args) -> int:
     from lwd.learner.sft import train_sft
     from lwd.sim.tasks import task_names
 
-    cfg = preset(args.preset)
-    overrides = {
-        k: v
-        for k, v in dict(
-            steps=args.steps,
-            batch_size=args.batch_size,
-            max_demos_per_task=args.max_demos_per_task,
-            seed=args.seed,
-            lr=args.lr,
-        ).items()
-        if v is not None
-    }
-    cfg = dataclasses.replace(cfg, **overrides)
+    cfg = _override(
+        preset(args.preset),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        max_demos_per_task=args.max_demos_per_task,
+        seed=args.seed,
+        lr=args.lr,
+    )
     if args.width:
         cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, width=args.width))
     with _progress("SFT") as bar:
@@ -136,27 +136,23 @@ def cmd_train_offline(args) -> int:
     from lwd.policy.instruction import InstructionEncoder
     from lwd.sim.tasks import task_names
 
-    cfg = preset(args.preset)
-    overrides = dict(
+    agent = _override(
+        preset(args.agent),
+        lam=args.lam,
+        critic_width=args.critic_width,
+        tau_base=args.tau_base,
+        actor_warmup=args.actor_warmup,
+    )
+    cfg = _override(
+        preset(args.preset),
         steps=args.steps,
         batch_size=args.batch_size,
         n_step=args.n_step,
         seed=args.seed,
         eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every,
+        agent=agent,
     )
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    agent = preset(args.agent)
-    agent_overrides = dict(
-        lam=args.lam,
-        critic_width=args.critic_width,
-        tau_base=args.tau_base,
-        actor_warmup=args.actor_warmup,
-    )
-    agent = dataclasses.replace(
-        agent, **{k: v for k, v in agent_overrides.items() if v is not None}
-    )
-    cfg = dataclasses.replace(cfg, agent=agent)
     eval_cfg = EvalConfig(episodes_per_task=args.eval_episodes, workers=args.workers)
 
     def evaluator(policy_dir, step):
@@ -241,15 +237,13 @@ def cmd_learner(args) -> int:
     from lwd.sim.tasks import task_names
 
     cfg = preset(args.preset)
-    overrides = dict(max_updates=args.max_updates, seed=args.seed, batch_size=args.batch_size)
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    if args.lam is not None or args.critic_width is not None:
-        agent = cfg.agent
-        if args.lam is not None:
-            agent = dataclasses.replace(agent, lam=args.lam)
-        if args.critic_width is not None:
-            agent = dataclasses.replace(agent, critic_width=args.critic_width)
-        cfg = dataclasses.replace(cfg, agent=agent)
+    cfg = _override(
+        cfg,
+        max_updates=args.max_updates,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        agent=_override(cfg.agent, lam=args.lam, critic_width=args.critic_width),
+    )
     cfg = adopt_architecture(cfg, args.init)
     with FleetClient(args.server, timeout_s=30.0) as client:
         learner = OnlineLearner(

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from lwd.durable import fsync_dir
 from lwd.types import Episode
 
 #: Bumped when the file layout changes; readers refuse versions they do not know.
@@ -127,18 +128,6 @@ def episode_table(ep: Episode) -> pa.Table:
     return table.replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not every platform lets a directory be opened.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_episode(ep: Episode, path: str | Path) -> Path:
     """Write one episode to ``path`` atomically: whole, or not at all.
 
@@ -164,7 +153,7 @@ def write_episode(ep: Episode, path: str | Path) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 

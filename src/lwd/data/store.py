@@ -27,11 +27,12 @@ import numbers
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from pathlib import Path
 
 from lwd.data.parquet_codec import EpisodeFileError, read_episode, write_episode
 from lwd.data.schema import content_hash, validate_episode
+from lwd.durable import connect, open_index
 from lwd.types import Episode, Source
 
 _INDEX_VERSION = 1  # stored as SQLite's user_version; bump on any table change
@@ -111,26 +112,10 @@ class EpisodeStore:
         self._db_path = self.root / "index.sqlite"
         self._lock = threading.Lock()
         (self.root / "episodes").mkdir(parents=True, exist_ok=True)
-        with self._connect() as conn:
-            found = conn.execute("PRAGMA user_version").fetchone()[0]
-            if found not in (0, _INDEX_VERSION):
-                raise RuntimeError(
-                    f"episode index {self._db_path} has layout version {found}, but this lwd "
-                    f"reads version {_INDEX_VERSION}; open it with the lwd that wrote it"
-                )
-            conn.execute("PRAGMA journal_mode=WAL")  # persistent: readers never block writers
-            conn.executescript(_TABLES)
-            conn.execute(f"PRAGMA user_version={_INDEX_VERSION}")
+        open_index(self._db_path, _TABLES, _INDEX_VERSION, "episode index")
 
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        # Autocommit mode: writes open their transactions explicitly with BEGIN IMMEDIATE.
-        conn = sqlite3.connect(self._db_path, timeout=30.0, isolation_level=None)
-        try:
-            conn.execute("PRAGMA synchronous=FULL")  # a committed episode survives power loss
-            yield conn
-        finally:
-            conn.close()
+    def _connect(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return connect(self._db_path)
 
     def put(self, ep: Episode) -> str:
         """Validate and store one episode, unless the same content is already stored.

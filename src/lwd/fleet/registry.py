@@ -38,10 +38,10 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from lwd.durable import connect, fsync_dir, open_index
 from lwd.policy.checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -89,14 +89,6 @@ class PolicyInfo:
     sha256: str  #: hex sha256 of the version's archive
     created_at: float  #: unix time of publishing
     size_bytes: int  #: size of the archive
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _copy_synced(src: Path, dst: Path) -> None:
@@ -197,25 +189,10 @@ class PolicyRegistry:
         self._lock = threading.Lock()
         (self.root / "versions").mkdir(parents=True, exist_ok=True)
         (self.root / "tmp").mkdir(exist_ok=True)
-        with self._connect() as conn:
-            found = conn.execute("PRAGMA user_version").fetchone()[0]
-            if found not in (0, _INDEX_VERSION):
-                raise RuntimeError(
-                    f"policy index {self._db_path} has layout version {found}, but this lwd "
-                    f"reads version {_INDEX_VERSION}; open it with the lwd that wrote it"
-                )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_TABLES)
-            conn.execute(f"PRAGMA user_version={_INDEX_VERSION}")
+        open_index(self._db_path, _TABLES, _INDEX_VERSION, "policy index")
 
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self._db_path, timeout=30.0, isolation_level=None)
-        try:
-            conn.execute("PRAGMA synchronous=FULL")
-            yield conn
-        finally:
-            conn.close()
+    def _connect(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return connect(self._db_path)
 
     # ------------------------------------------------------------------------- publishing
     def publish(self, checkpoint_dir: str | Path) -> int:
@@ -247,7 +224,7 @@ class PolicyRegistry:
         try:
             for name in POLICY_FILES:
                 _copy_synced(src / name, staging / name)
-            _fsync_dir(staging)
+            fsync_dir(staging)
             return self._commit(staging, str(src))
         finally:
             shutil.rmtree(staging, ignore_errors=True)  # gone already if it was committed
@@ -293,7 +270,7 @@ class PolicyRegistry:
                 if target.exists():  # left by a publish that crashed before its commit
                     shutil.rmtree(target)
                 os.rename(staging, target)
-                _fsync_dir(target.parent)
+                fsync_dir(target.parent)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:

@@ -21,6 +21,7 @@ import numpy as np
 
 from lwd.agent import Agent
 from lwd.config import OfflineConfig, from_dict, to_dict
+from lwd.data.dataset import select_episodes
 from lwd.data.replay import ReplayBuffer
 from lwd.data.store import EpisodeStore
 from lwd.policy.checkpoint import (
@@ -34,7 +35,6 @@ from lwd.policy.checkpoint import (
     save_training_state,
 )
 from lwd.policy.flow import TextEncoder
-from lwd.types import Source
 
 CONFIG_FILE = "offline_config.json"
 LATEST_FILE = "LATEST"
@@ -131,13 +131,7 @@ def build_offline_replay(
             f"{data_dir} is not an episode store (no index.sqlite); create one with "
             f"`lwd data generate --out {data_dir}`"
         )
-    store = EpisodeStore(data_dir, known_tasks=known_tasks)
-    wanted = {int(Source.parse(s)) for s in cfg.sources}
-    episodes = [
-        ep
-        for ep in store.read(sources=sorted(wanted))
-        if set(np.unique(ep.sources).tolist()) <= wanted
-    ]
+    episodes = select_episodes(EpisodeStore(data_dir, known_tasks=known_tasks), cfg.sources)
     if not episodes:
         raise ValueError(f"{data_dir} has no episodes made only of sources {cfg.sources}")
     replay = ReplayBuffer(horizon, cfg.n_step, cfg.gamma, encoder)
@@ -212,14 +206,15 @@ def train_offline(
             if done % cfg.log_every == 0 or done == cfg.steps:
                 for k, v in metrics.items():
                     writer.add_scalar(k, v, done)
-            if done % cfg.checkpoint_every == 0 or done == end:
+            checkpointed = done % cfg.checkpoint_every == 0 or done == end
+            if checkpointed:  # also refreshes OUT/policy
                 commit_checkpoint(out, done, agent, rng, extra, cfg.keep_checkpoints)
             if (
                 evaluator is not None
                 and cfg.eval_every
                 and (done % cfg.eval_every == 0 or done == cfg.steps)
             ):
-                if not (done % cfg.checkpoint_every == 0 or done == end):
+                if not checkpointed:
                     save_policy(out / "policy", agent.policy, extra=extra | {"step": done})
                 result = evaluator(out / "policy", done)
                 evals.append({"step": done, **result})

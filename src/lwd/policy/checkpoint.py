@@ -24,7 +24,6 @@ Every loading failure is a :class:`CheckpointError` naming the file and what is 
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ import torch
 from torch import nn
 
 from lwd.config import PolicyConfig, from_dict, to_dict
+from lwd.durable import write_atomic
 from lwd.policy.flow import FlowPolicy
 from lwd.policy.normalizer import Normalizer
 
@@ -66,21 +66,12 @@ class TrainingState:
 
 
 # ---------------------------------------------------------------------------- file helpers
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _write_json(path: Path, data: dict) -> None:
     try:
         text = json.dumps(data, indent=1, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"cannot write {path.name}: not JSON-serialisable ({exc})") from exc
-    _write_atomic(path, text.encode())
+    write_atomic(path, text.encode())
 
 
 def _read_json(path: Path) -> dict:
@@ -116,7 +107,7 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
 def save_module_weights(path: str | Path, module: nn.Module) -> None:
     """Write ``module.state_dict()`` to a safetensors file (atomically)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    _write_atomic(Path(path), safetensors.torch.save(tensors, metadata={"format": str(FORMAT)}))
+    write_atomic(Path(path), safetensors.torch.save(tensors, metadata={"format": str(FORMAT)}))
 
 
 def load_module_weights(path: str | Path, module: nn.Module) -> None:
@@ -318,7 +309,7 @@ def save_training_state(
             "state_params": [str(p) for p in sd["state"]],
             "non_tensor_state": non_tensor,
         }
-    _write_atomic(directory / OPTIMIZER_FILE, safetensors.torch.save(tensors))
+    write_atomic(directory / OPTIMIZER_FILE, safetensors.torch.save(tensors))
     state = {
         "format": FORMAT,
         "step": int(step),
