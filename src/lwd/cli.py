@@ -17,6 +17,7 @@ def _setup_process(threads: int | None) -> None:
     # Read by libraries at import time, so set before anything imports them.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # a bar per model load is noise
     os.environ.setdefault("MUJOCO_GL", "osmesa")
     os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
     warnings.filterwarnings("ignore", module="gymnasium")
@@ -189,48 +190,45 @@ def cmd_server(args) -> int:
     from lwd.fleet.server import run_server
     from lwd.sim.tasks import task_names
 
-    run_server(Path(args.root), args.host, args.port, known_tasks=task_names())
+    run_server(
+        Path(args.root), args.host, args.port, known_tasks=task_names(), log_level=args.log_level
+    )
     return 0
 
 
 def cmd_robot(args) -> int:
-    import zlib
+    import signal
 
-    from lwd.fleet.client import FleetClient
-    from lwd.fleet.robot_agent import RobotAgent
-    from lwd.fleet.spool import Spool
-    from lwd.policy.instruction import InstructionEncoder
-    from lwd.sim.operator import ScriptedOperator
-    from lwd.sim.robot import Perturbation, SimRobot
+    from lwd.fleet.robot_host import HostConfig, RobotHost
     from lwd.sim.tasks import get_suite
 
-    seed = args.seed if args.seed is not None else zlib.crc32(args.robot_id.encode())
-    robot = SimRobot(args.robot_id, Perturbation.sample(seed) if args.perturb else None)
-    operator = None if args.no_operator else ScriptedOperator(robot, "demonstrator", seed=seed)
     tasks = get_suite(args.suite)
     if args.tasks:
         tasks = [t for t in tasks if t.name in set(args.tasks)]
         if not tasks:
             raise ValueError(f"none of {args.tasks} is a task of suite {args.suite}")
-    work = Path(args.workdir) / args.robot_id
-    with FleetClient(args.server, timeout_s=args.timeout, retries=1) as client:
-        agent = RobotAgent(
-            robot,
-            client,
-            Spool(work / "spool"),
-            args.robot_id,
-            InstructionEncoder(),
-            work / "policies",
-            operator=operator,
-            seed=seed,
-        )
-        done = agent.run(tasks, num_episodes=args.episodes or None)
-    print(f"{args.robot_id}: {done} episodes")
-    return 0
+    cfg = HostConfig(
+        synthetic=args.synthetic,
+        episode_s=args.episode_s,
+        steps=args.steps,
+        perturb=args.perturb,
+        operator=not args.no_operator,
+        seed=args.seed,
+        timeout_s=args.timeout,
+        prefetch_s=None if args.no_prefetch else args.prefetch_s,
+    )
+    with RobotHost(args.server, args.robot_id, args.count, args.workdir, cfg) as host:
+        # SIGTERM: every robot finishes, spools and drains its episode, then exits.
+        signal.signal(signal.SIGTERM, lambda *_: host.stop())
+        done = host.run(tasks, num_episodes=args.episodes or None)
+    for robot_id, episodes in done.items():
+        print(f"{robot_id}: {episodes} episodes" if episodes >= 0 else f"{robot_id}: failed")
+    return 1 if any(episodes < 0 for episodes in done.values()) else 0
 
 
 def cmd_learner(args) -> int:
     from lwd.config import preset
+    from lwd.durable import write_atomic
     from lwd.fleet.client import FleetClient
     from lwd.learner.online import HttpSink, HttpSource, OnlineLearner, adopt_architecture
     from lwd.policy.instruction import InstructionEncoder
@@ -242,7 +240,13 @@ def cmd_learner(args) -> int:
         max_updates=args.max_updates,
         seed=args.seed,
         batch_size=args.batch_size,
-        agent=_override(cfg.agent, lam=args.lam, critic_width=args.critic_width),
+        agent=_override(
+            cfg.agent,
+            lam=args.lam,
+            critic_width=args.critic_width,
+            actor_warmup=args.actor_warmup,
+            tau_base=args.tau_base,
+        ),
     )
     cfg = adopt_architecture(cfg, args.init)
     with FleetClient(args.server, timeout_s=30.0) as client:
@@ -258,6 +262,8 @@ def cmd_learner(args) -> int:
         )
 
         def on(step, m, st):
+            if args.status_file and step % 10 == 0:
+                write_atomic(Path(args.status_file), json.dumps({**st, **m}).encode())
             if step % 10 == 0:
                 print(
                     f"update {step}: snapshot {st['snapshot']} online {st['online_transitions']} "
@@ -305,40 +311,13 @@ def cmd_eval(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """For now: data -> SFT -> eval, end to end, on one machine."""
-    out = Path(args.out)
-    episodes, steps, eval_eps = (6, 300, 2) if args.quick else (24, 2000, 10)
-    data, ckpt = out / "data", out / "sft"
-    if not (data / "index.sqlite").is_file():
-        cmd_data_generate(
-            argparse.Namespace(
-                suite="fleet8", out=data, episodes=episodes, seed=0, workers=args.workers, robots=8
-            )
-        )
-    cmd_train_sft(
-        argparse.Namespace(
-            preset="sft-default",
-            data=data,
-            out=ckpt,
-            steps=steps,
-            batch_size=None,
-            max_demos_per_task=None,
-            seed=None,
-            lr=None,
-            width=None,
-        )
-    )
-    return cmd_eval(
-        argparse.Namespace(
-            policy=str(ckpt),
-            suite="fleet8",
-            episodes=eval_eps,
-            seed=1000,
-            no_perturb=False,
-            workers=args.workers,
-            json=str(out / "eval.json"),
-        )
-    )
+    from lwd.config import preset
+    from lwd.demo.run import run_demo
+
+    cfg = preset(args.preset)
+    cfg = _override(cfg, minutes=args.minutes, robots=args.robots)
+    run_demo(cfg, Path(args.out), workers=args.workers, port=args.port)
+    return 0
 
 
 # -- parser --------------------------------------------------------------------------------
@@ -419,9 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--root", required=True, help="server directory (store, policies)")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--log-level", default="info", help="uvicorn's (warning: no access log)")
     sv.set_defaults(func=cmd_server)
 
-    r = sub.add_parser("robot", help="one simulated robot of the fleet")
+    r = sub.add_parser("robot", help="one simulated robot of the fleet (or --count K)")
     r.add_argument("--server", required=True, help="fleet server URL, e.g. http://127.0.0.1:8000")
     r.add_argument("--robot-id", required=True)
     r.add_argument("--workdir", default="robots", help="spool and policies go here")
@@ -432,6 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-perturb", dest="perturb", action="store_false")
     r.add_argument("--no-operator", action="store_true", help="no interventions")
     r.add_argument("--timeout", type=float, default=10.0, help="deadline per server call (s)")
+    r.add_argument("--count", type=int, help="host K robots <robot-id>-0..K-1 in this process")
+    r.add_argument("--synthetic", action="store_true", help="light robots: no MuJoCo, no inference")
+    r.add_argument("--episode-s", type=float, default=10.0, help="synthetic: seconds/episode")
+    r.add_argument("--steps", type=int, help="synthetic: steps per episode (default: horizon)")
+    r.add_argument("--prefetch-s", type=float, default=1.0, help="policy poll period (s)")
+    r.add_argument("--no-prefetch", action="store_true", help="fetch policies between episodes")
     r.set_defaults(func=cmd_robot)
 
     ln = sub.add_parser("learner", help="the online learner (DIVL + QAM on fleet data)")
@@ -444,13 +430,23 @@ def build_parser() -> argparse.ArgumentParser:
     ln.add_argument("--batch-size", type=int)
     ln.add_argument("--lam", type=float)
     ln.add_argument("--critic-width", type=int)
+    ln.add_argument("--actor-warmup", type=int, help="critic-only updates first (SFT init)")
+    ln.add_argument("--tau-base", type=float)
+    ln.add_argument("--status-file", help="write the learner's status here (JSON, atomically)")
     ln.add_argument("--seed", type=int)
     ln.set_defaults(func=cmd_learner)
 
-    d = sub.add_parser("demo", help="the end-to-end demo on one machine")
-    d.add_argument("--out", default="demo_out")
-    d.add_argument("--quick", action="store_true", help="a minute-scale run")
-    d.add_argument("--workers", type=int, default=2)
+    d = sub.add_parser("demo", help="the whole loop on one machine: server, fleet, learner")
+    d.add_argument("--out", default="runs/demo", help="start (cached) and this run's record")
+    d.add_argument(
+        "--preset",
+        default="demo-default",
+        help="demo-default (4 robots, 15 min), demo-light (64 robots), demo-quick (2 min)",
+    )
+    d.add_argument("--minutes", type=float, help="how long the fleet runs")
+    d.add_argument("--robots", type=int, help="fleet size")
+    d.add_argument("--port", type=int, help="server port (default: a free one)")
+    d.add_argument("--workers", type=int, default=2, help="processes for data and evaluation")
     d.set_defaults(func=cmd_demo)
     return p
 

@@ -46,6 +46,14 @@ class PolicyConfig:
     """Output features of the image encoder."""
     layer_norm: bool = True
     """LayerNorm after each hidden layer."""
+    indicator: bool = False
+    """Condition on an advantage indicator (RECAP): a learned, zero-initialised embedding of
+    unknown/bad/good added to the context. Off for plain flow policies."""
+    act_indicator: str = "good"
+    """With `indicator`: the label the policy acts with ("good" for RECAP)."""
+    guidance: float = 1.0
+    """With `indicator`: classifier-free guidance weight beta when acting,
+    v = v_unknown + beta * (v_act - v_unknown); 1 = plain conditioning."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,8 @@ class EvalConfig:
 
     suite: str = "fleet8"
     """Task suite to evaluate on."""
+    tasks: tuple[str, ...] = ()
+    """Evaluate only these tasks of the suite (empty: all); seeds stay those of the full run."""
     episodes_per_task: int = 20
     """Evaluation episodes per task."""
     seed: int = 1000
@@ -214,6 +224,95 @@ class OnlineConfig:
     """The update; tau_base 0.9 online (paper)."""
 
 
+@dataclass(frozen=True)
+class RecapConfig:
+    """RECAP (π*0.6 style) baseline: MC value -> advantage indicator -> conditioned flow BC.
+
+    Every round trains the value, relabels every step good/bad, then trains the policy with
+    flow BC conditioned on the label (ALGORITHMS.md §5). Defaults follow π*0.6 where it reports
+    a value; [choice] marks the others.
+    """
+
+    updates_per_round: int = 500
+    """Policy updates (conditioned flow BC) per round, continuing from the current weights."""
+    value_updates_per_round: int = 500
+    """Value updates on Monte-Carlo returns per round, before the relabelling [choice]."""
+    batch_size: int = 256
+    """Samples per update (value and policy), uniform over all offline + fleet steps."""
+    gamma: float = 0.9999
+    """Discount per control step of the Monte-Carlo returns and the n-step advantage."""
+    num_atoms: int = 201
+    """Atoms of the distributional value (π*0.6: 201 bins), DIVL's support."""
+    v_min: float = -0.1
+    """Lowest atom (returns of the sparse {0, 1} reward lie in [0, 1])."""
+    v_max: float = 1.1
+    """Highest atom."""
+    value_width: int = 512
+    """Hidden width of the value MLP."""
+    value_depth: int = 4
+    """Hidden layers of the value MLP (with LayerNorm)."""
+    value_lr: float = 5e-4
+    """Adam learning rate of the value net (as DIVL's)."""
+    policy_lr: float = 3e-4
+    """Adam learning rate of the conditioned flow (the small-model default of SFT and QAM)."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip, per optimizer."""
+    advantage: str = "n_step"
+    """"n_step": A = r + gamma^(nH) V(s_{t+nH}) - V(s_t) (π*0.6's N-step estimate);
+    "monte_carlo": A = G_t - V(s_t)."""
+    advantage_chunks: int = 10
+    """n of the n-step advantage, in chunks (10 chunks of H=5 = 50 steps, π*0.6's N=50)."""
+    good_fraction: float = 0.3
+    """Per task, eps = the (1 - good_fraction) quantile of the advantages of the steps not
+    forced good, so about this share of them is labelled good (π*0.6: about 30%)."""
+    interventions_good: bool = True
+    """Label every intervention step good, whatever its advantage (π*0.6 does so for
+    corrections)."""
+    cfg_dropout: float = 0.3
+    """Chance that a training label is dropped to "unknown" (classifier-free guidance)."""
+    guidance: float = 1.0
+    """CFG weight beta when acting on "good": v = v_unknown + beta (v_good - v_unknown);
+    1 = plain conditioning. Saved in the policy's config, so every loader acts with it."""
+    seed: int = 0
+    """Seeds the value net's initialisation, sampling and the update's noise."""
+
+
+DEMO_TASKS = ("open-drawer", "close-window", "move-cube", "press-center")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """``lwd demo``: the whole loop on one machine (server, simulated fleet, online learner)."""
+
+    robots: int = 4
+    """Simulated robots (each its own process, or hosted ``robots_per_process`` to a process)."""
+    robots_per_process: int = 1
+    """Robots hosted by one robot process (the light mode packs many robots per process)."""
+    minutes: float = 15.0
+    """How long the fleet runs (wall clock)."""
+    tasks: tuple[str, ...] = DEMO_TASKS
+    """The tasks the fleet works on (fleet8's short tasks by default)."""
+    episodes_per_task: int = 24
+    """Offline data to generate per task when building the start (about half demonstrations)."""
+    sft_steps: int = 3000
+    """SFT updates when building the start."""
+    policy_width: int = 512
+    """Width of the policy's velocity field."""
+    critic_width: int = 256
+    """Width of value and critic (they start from scratch online)."""
+    lam: float = 0.1
+    """QAM temperature; Q lives in [0, 1] here, so a small lambda gives the tilt some weight."""
+    actor_warmup: int = 300
+    """Critic-only updates before the policy moves (the critic starts from scratch)."""
+    eval_episodes: int = 10
+    """Fixed-protocol episodes per task for the start and final policies (0: skip)."""
+    robot_nice: int = 15
+    """Robots run at this niceness so the learner keeps a core (the learner is the bottleneck;
+    at niceness 5, four robots left it about a third of a core)."""
+    seed: int = 0
+    """Seeds data generation, SFT and the learner."""
+
+
 _PRESETS: dict[str, Any] = {
     "sft-default": SFTConfig(),
     "sft-quick": SFTConfig(steps=200, batch_size=128, checkpoint_every=100),
@@ -228,6 +327,12 @@ _PRESETS: dict[str, Any] = {
     "agent-online": AgentConfig(tau_base=0.9),
     "offline-default": OfflineConfig(),
     "online-default": OnlineConfig(),
+    "recap-default": RecapConfig(),
+    "demo-default": DemoConfig(),
+    "demo-light": DemoConfig(robots=64, robots_per_process=32),
+    "demo-quick": DemoConfig(
+        minutes=2.0, robots=2, episodes_per_task=6, sft_steps=300, actor_warmup=50, eval_episodes=2
+    ),
     "offline-quick": OfflineConfig(steps=100, batch_size=64, checkpoint_every=50, n_step=3),
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from lwd.policy.normalizer import Normalizer
 from lwd.sim.layout import ACTION_DIM, STATE_DIM
 from lwd.sim.operator import OperatorConfig, ScriptedOperator
 from lwd.sim.robot import SimRobot
+from lwd.sim.synthetic_robot import SyntheticRobot, synthetic_episode
 from lwd.sim.tasks import get_task
 from lwd.types import Source
 
@@ -132,5 +134,93 @@ def test_without_any_policy_the_agent_waits(tmp_path):
         threading.Timer(0.3, stop.set).start()
         assert agent.run([TASK], num_episodes=1, stop=stop, wait_s=0.05) == 0
         assert server.app.state.fleet.monitor.robots()["robot-7"]["status"] == "idle"
+    finally:
+        server.stop()
+
+
+def synthetic_agent(server, tmp_path, sleep=None, prefetch_s=0.05) -> RobotAgent:
+    robot = SyntheticRobot("syn", episode_s=1.0, steps=20, sleep=sleep or (lambda s: None))
+    return RobotAgent(
+        robot,
+        FleetClient(server.url, timeout_s=2.0, retries=0),
+        Spool(tmp_path / "spool"),
+        "robot-9",
+        None,
+        tmp_path / "policies",
+        backoff=FAST,
+        prefetch_s=prefetch_s,
+        rollout=synthetic_episode,
+    )
+
+
+def wait_for(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_prefetch_receives_mid_episode_and_loads_only_between_episodes(tmp_path):
+    server = LiveServer(tmp_path / "fleet").start()
+    try:
+        publish(server, tmp_path / "c1", seed=1)
+        agent = None
+
+        def mid_episode(seconds):  # the robot's pacing wait: the episode is in progress
+            if agent.policy_version == 1 and server.registry.latest() == 1:
+                publish(server, tmp_path / "c2", seed=2)
+                wait_for(lambda: agent.fetcher.receipt(2) is not None)
+                assert agent.policy_version == 1  # received, not loaded
+
+        agent = synthetic_agent(server, tmp_path, sleep=mid_episode)
+        agent.start_prefetch()
+        ep1 = agent.run_episode(TASK, seed=0)
+        assert set(ep1.policy_versions.tolist()) == {1}
+        receipt = agent.fetcher.receipt(2)
+        assert receipt["via"] == "prefetch" and receipt["received_at"] <= ep1.created_at
+        assert receipt["created_at"] == server.registry.info(2).created_at
+        ep2 = agent.run_episode(TASK, seed=1)
+        assert set(ep2.policy_versions.tolist()) == {2}
+        agent.stop_prefetch()
+
+        events = agent.spool.events()
+        received = [e for e in events if e["event"] == "policy_received"]
+        assert [e["version"] for e in received] == [1, 2]  # once each (v1 by either path)
+        assert received[1]["via"] == "prefetch"
+        loaded = {e["version"]: e for e in events if e["event"] == "policy_loaded"}
+        assert loaded[2]["received_at"] == receipt["received_at"] < loaded[2]["loaded_at"]
+        assert received[1]["seen_at"] <= received[1]["received_at"]
+    finally:
+        server.stop()
+
+
+def test_prefetch_survives_outages_and_frees_superseded_versions(tmp_path):
+    server = LiveServer(tmp_path / "fleet").start()
+    try:
+        publish(server, tmp_path / "c1", seed=1)
+        agent = synthetic_agent(server, tmp_path, prefetch_s=None)
+        assert agent.prefetch_policy() is True and agent.policy_version is None
+        assert agent.sync_policy() is True and agent.policy_version == 1
+        assert agent.prefetch_policy() is False  # nothing newer
+        publish(server, tmp_path / "c2", seed=2)
+        assert agent.prefetch_policy() is True
+        publish(server, tmp_path / "c3", seed=3)
+        assert agent.prefetch_policy() is True and agent.policy_version == 1
+        assert agent.sync_policy() is True and agent.policy_version == 3
+        # v3 came from the prefetch (one download); v2 never acted, so its copy is gone.
+        received = [e["version"] for e in agent.spool.events() if e["event"] == "policy_received"]
+        assert received == [1, 2, 3]
+        assert sorted(p.name for p in (tmp_path / "policies").iterdir()) == ["1", "3"]
+
+        server.stop()
+        publish_dir = tmp_path / "c4"
+        assert agent.prefetch_policy() is False  # logged, retried at the next poll
+        server = LiveServer(server.root, port=server.port).start()
+        publish(server, publish_dir, seed=4)
+        agent.prefetch_s = 0.05
+        agent.start_prefetch()
+        wait_for(lambda: agent.fetcher.receipt(4) is not None)
+        agent.stop_prefetch()
+        assert agent.policy_version == 3
     finally:
         server.stop()

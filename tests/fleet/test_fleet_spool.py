@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import time
 
 import numpy as np
 
@@ -43,12 +45,15 @@ NO_WAIT = Backoff(attempts=3, base_s=0.0)
 def test_spool_survives_a_restart(tmp_path, make_episode):
     ep = make_episode(4)
     Spool(tmp_path / "spool").put(ep)
-    (tmp_path / "spool" / "pending" / ".x.parquet.abc.tmp").write_bytes(b"torn")  # a crash
+    torn = tmp_path / "spool" / "pending" / ".x.parquet.abc.tmp"
+    torn.write_bytes(b"torn")  # a crash, an hour ago
+    os.utime(torn, (time.time() - 3600, time.time() - 3600))
+    (tmp_path / "spool" / "pending" / ".y.parquet.abc.tmp").write_bytes(b"")  # a live write
     again = Spool(tmp_path / "spool")
     [path] = again.pending()
     back = again.read(path)
     assert back.episode_id == ep.episode_id and np.array_equal(back.actions, ep.actions)
-    assert not list((tmp_path / "spool" / "pending").glob(".*"))
+    assert [p.name for p in (tmp_path / "spool" / "pending").glob(".*")] == [".y.parquet.abc.tmp"]
 
 
 def test_pending_is_oldest_first_and_drain_keeps_order(tmp_path, make_episode):

@@ -340,6 +340,34 @@ class EpisodeStore:
             )
         return ep
 
+    def index_rows(self, after_seq: int = 0) -> list[dict]:
+        """Index records (no payloads) of episodes stored after ``after_seq``, in store order.
+
+        Cheap enough to poll for dashboards: each dict holds the index columns (``seq``,
+        ``episode_id``, ``robot_id``, ``task``, ``num_steps``, ``success``, ``progress``,
+        ``cycle_time_s``, ``n_<source>`` step counts, ``min/max_policy_version``,
+        ``created_at``, ``stored_at``).
+        """
+        columns = (
+            "seq, episode_id, robot_id, task, num_steps, success, progress, cycle_time_s, "
+            f"{', '.join(_SOURCE_COLUMNS.values())}, min_policy_version, max_policy_version, "
+            "created_at, stored_at"
+        )
+        with self._connect() as conn:
+            conn.row_factory = sqlite3.Row
+            rows = conn.execute(
+                f"SELECT {columns} FROM episodes WHERE seq > ? ORDER BY seq", (int(after_seq),)
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+    def snapshots(self) -> list[dict]:
+        """Every committed snapshot: ``version``, ``max_seq`` (last episode in it), ``created_at``."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT version, max_seq, created_at FROM snapshots ORDER BY version"
+            ).fetchall()
+        return [dict(version=v, max_seq=m, created_at=c) for v, m, c in rows]
+
     def __len__(self) -> int:
         with self._connect() as conn:
             return conn.execute("SELECT COUNT(*) FROM episodes").fetchone()[0]

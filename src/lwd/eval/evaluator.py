@@ -29,8 +29,17 @@ def plan_episodes(cfg: EvalConfig) -> list[dict]:
         raise ValueError(f"episodes_per_task must be at least 1, got {cfg.episodes_per_task}")
     if cfg.num_robots < 1:
         raise ValueError(f"num_robots must be at least 1, got {cfg.num_robots}")
+    suite = get_suite(cfg.suite)
+    unknown = set(cfg.tasks) - {t.name for t in suite}
+    if unknown:
+        raise ValueError(
+            f"tasks {sorted(unknown)} are not in suite {cfg.suite!r} "
+            f"(its tasks: {', '.join(t.name for t in suite)})"
+        )
     jobs = []
-    for j, task in enumerate(get_suite(cfg.suite)):
+    for j, task in enumerate(suite):
+        if cfg.tasks and task.name not in cfg.tasks:
+            continue
         for i in range(cfg.episodes_per_task):
             jobs.append(
                 dict(

@@ -1,6 +1,7 @@
 """lwd.fleet: the fleet server (HTTP API over the episode store and the policy registry), the
 policy registry, the msgpack wire codec and the server's monitor; on the robot side, the
-client (deadlines, retries), the on-disk spool and the RobotAgent."""
+client (deadlines, retries), the on-disk spool, the RobotAgent (with its background policy
+prefetcher) and the RobotHost (many robots in one process)."""
 
 from lwd.fleet.client import (
     Backoff,
@@ -12,6 +13,7 @@ from lwd.fleet.client import (
     TransientError,
 )
 from lwd.fleet.monitor import FleetMonitor, RobotStatus
+from lwd.fleet.policy_fetcher import PolicyFetcher
 from lwd.fleet.registry import (
     InvalidArchiveError,
     InvalidPolicyError,
@@ -23,6 +25,7 @@ from lwd.fleet.registry import (
     extract_archive,
 )
 from lwd.fleet.robot_agent import NoPolicyError, RobotAgent
+from lwd.fleet.robot_host import HostConfig, LatestPolicyCache, RobotHost, SharedPolicies
 from lwd.fleet.server import create_app, run_server
 from lwd.fleet.spool import DrainResult, Spool
 from lwd.fleet.wire import (
@@ -41,10 +44,13 @@ __all__ = [
     "FleetClient",
     "FleetError",
     "FleetMonitor",
+    "HostConfig",
     "IntegrityError",
     "InvalidArchiveError",
     "InvalidPolicyError",
+    "LatestPolicyCache",
     "NoPolicyError",
+    "PolicyFetcher",
     "PolicyInfo",
     "PolicyIntegrityError",
     "PolicyNotFoundError",
@@ -52,7 +58,9 @@ __all__ = [
     "PolicyRegistry",
     "RejectedError",
     "RobotAgent",
+    "RobotHost",
     "RobotStatus",
+    "SharedPolicies",
     "Spool",
     "TransientError",
     "WireError",

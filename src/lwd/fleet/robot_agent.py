@@ -3,7 +3,8 @@
 One episode of the loop (:meth:`RobotAgent.run_episode`)::
 
     check the server for a newer policy    # only here, between episodes
-      newer? download (checksummed, atomic) + load it; failures keep the current policy
+      newer? load it (downloading it first unless the prefetcher already has); failures keep
+      the current policy
     run the episode with local inference   # lwd.sim.rollout.policy_episode: every step records
                                            # its source, the policy's proposal and version; the
                                            # operator may intervene
@@ -11,28 +12,37 @@ One episode of the loop (:meth:`RobotAgent.run_episode`)::
     drain the spool                        # oldest first; stops at the first transient failure
     heartbeat                              # best effort
 
+Meanwhile, while :meth:`RobotAgent.run` runs, a background **prefetcher** asks the server for
+its newest version every ``prefetch_s`` seconds (and at once when a heartbeat announces one) and
+downloads it (checksummed, atomic, into ``policy_dir/<version>/``), so that a version published
+mid-episode is on the robot within about a second. It never loads anything: the acting policy
+changes only between episodes. Its failures are logged and retried at the next poll.
+
 The server being down never stops the robot: it keeps acting with the policy it has, and its
 episodes wait in the spool until an upload is acknowledged (at-least-once; the server
-deduplicates). Policies live in ``policy_dir/<version>/``; after a restart the agent starts
-from the newest one found there, so it can act before it reaches the server.
+deduplicates). After a restart the agent starts from the newest version found in
+``policy_dir``, so it can act before it reaches the server.
 
 Timing records for latency measurements go to the spool's ``events.jsonl``:
 
-- ``policy_loaded``: version, ``seen_at`` (first time the agent learned the version exists, from
-  a policy check or a heartbeat), ``loaded_at``, ``load_s`` (download + load);
+- ``policy_received`` (see :class:`~lwd.fleet.policy_fetcher.PolicyFetcher`): version,
+  ``seen_at`` (first time the agent learned the version exists), ``received_at``, ``fetch_s``,
+  ``via`` ("prefetch" or "sync");
+- ``policy_loaded``: version, ``seen_at``, ``received_at``, ``loaded_at``, ``load_s`` (time spent
+  at the episode boundary: the download if it was not prefetched, plus the load);
 - ``episode``: episode id, task, steps, outcome, interventions, the version that acted and its
   ``seen_at`` / ``loaded_at``, ``started_at``, ``finished_at``, ``spooled_at``, inference calls
   and seconds;
 - ``acked`` (written by the spool): episode id, ``finished_at``, ``t`` (acknowledged at).
 
-A version's publish time is in the server's registry (``PolicyRegistry.versions()``); join on
-the version to get publish-to-robot latency.
+A version's publish time is in the server's registry (``created_at``); join on the version to
+get publish-to-robot latencies.
 
 Usage::
 
     agent = RobotAgent(robot, FleetClient(url), Spool(d / "spool"), "robot-3",
                        InstructionEncoder(), d / "policies", operator=ScriptedOperator(robot))
-    agent.run(tasks, stop=stop_event)  # until stopped
+    agent.run(tasks, stop=stop_event)  # until stopped; prefetches in the background meanwhile
 """
 
 from __future__ import annotations
@@ -48,10 +58,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lwd.fleet.client import Backoff, FleetClient, FleetError, RejectedError
+from lwd.fleet.client import Backoff, FleetClient, FleetError, PolicyRef, RejectedError
+from lwd.fleet.policy_fetcher import PolicyFetcher
 from lwd.fleet.spool import DrainResult, Spool
 from lwd.policy.checkpoint import CheckpointError, load_policy
-from lwd.policy.flow import FlowPolicyRunner, TextEncoder
+from lwd.policy.flow import FlowPolicy, FlowPolicyRunner, TextEncoder
 from lwd.sim.tasks import TaskSpec
 from lwd.types import ActionChunk, Episode, Observation, Source
 
@@ -60,6 +71,13 @@ if TYPE_CHECKING:  # importing lwd.sim.robot loads MuJoCo; `import lwd.fleet` mu
     from lwd.sim.robot import Robot
 
 log = logging.getLogger(__name__)
+
+#: Records one episode: ``(robot, policy, task, seed, operator) -> Episode``; the default is
+#: :func:`lwd.sim.rollout.policy_episode` (:func:`lwd.sim.synthetic_robot.synthetic_episode`
+#: for load tests).
+Rollout = Callable[..., Episode]
+#: Loads a fetched version: ``(version, directory) -> FlowPolicy`` (a host shares one).
+PolicyLoader = Callable[[int, Path], FlowPolicy]
 
 
 class NoPolicyError(RuntimeError):
@@ -106,6 +124,14 @@ class RobotAgent:
         backoff: retry schedule of one upload inside a drain.
         drain_max: episodes uploaded per drain at most (None: all pending).
         device: torch device for inference.
+        prefetch_s: seconds between the background prefetcher's polls while :meth:`run` runs
+            (jittered by +-20% so robots do not poll in lockstep); None: no prefetcher, new
+            versions are downloaded only between episodes.
+        latest: how to ask for the server's newest version (default
+            ``client.latest_policy``); a host of many robots shares one rate-limited query.
+        load: how to load a fetched version (default :func:`load_policy` on ``device``); a
+            host shares one so that its robots share each version's weights.
+        rollout: how to record an episode (default :func:`lwd.sim.rollout.policy_episode`).
         clock: unix seconds (injectable for tests).
         sleep: how to wait (injectable for tests).
     """
@@ -124,9 +150,15 @@ class RobotAgent:
         backoff: Backoff | None = None,
         drain_max: int | None = None,
         device: str = "cpu",
+        prefetch_s: float | None = 1.0,
+        latest: Callable[[], PolicyRef | None] | None = None,
+        load: PolicyLoader | None = None,
+        rollout: Rollout | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        if prefetch_s is not None and prefetch_s <= 0:
+            raise ValueError(f"prefetch_s must be positive seconds or None, got {prefetch_s}")
         self.robot = robot
         self.client = client
         self.spool = spool
@@ -138,15 +170,23 @@ class RobotAgent:
         self.backoff = backoff or Backoff(attempts=2, base_s=0.5)
         self.drain_max = drain_max
         self.device = device
+        self.prefetch_s = prefetch_s
+        self._load = load or (lambda version, path: load_policy(path, device=self.device))
+        self._rollout = rollout
         self._clock, self._sleep = clock, sleep
         self._rng = np.random.default_rng([self.seed, 4099])
         self._jitter = random.Random(self.seed)
+        self.fetcher = PolicyFetcher(client, self.policy_dir, spool, robot_id, latest, clock)
         self.policy: FlowPolicyRunner | None = None
         self.policy_info: dict = {}
         self.episodes_done = 0
         self.last_drain: DrainResult | None = None
         self._seen_at: dict[int, float] = {}
         self._bad_versions: set[int] = set()
+        self._loaded_versions: set[int] = set()
+        self._wake = threading.Event()  # a heartbeat heard of a version: prefetch it now
+        self._prefetch_stop = threading.Event()
+        self._prefetcher: threading.Thread | None = None
         self.policy_dir.mkdir(parents=True, exist_ok=True)
         self._load_local()
 
@@ -157,9 +197,10 @@ class RobotAgent:
 
     # ---------------------------------------------------------------------------- policy
     def _install(self, version: int, path: Path, **info: object) -> None:
-        policy = load_policy(path, device=self.device)
+        policy = self._load(version, path)
         self.policy = FlowPolicyRunner(policy, self.encoder, version=version, seed=self.seed)
         self.policy_info = {"version": version, **info}
+        self._loaded_versions.add(version)
 
     def _load_local(self) -> None:
         """Start from the newest loadable version already in ``policy_dir`` (a restart)."""
@@ -182,36 +223,42 @@ class RobotAgent:
         if version is not None:
             self._seen_at.setdefault(version, self._clock())
 
+    def _wants(self, version: int) -> bool:
+        """Is ``version`` newer than the acting one and not known to be broken?"""
+        current = self.policy_version  # read once: the main thread may swap the policy
+        return (current is None or version > current) and version not in self._bad_versions
+
     def sync_policy(self) -> bool:
         """Load the server's newest version if it is newer than the one acting.
 
-        Never raises for fleet or checkpoint failures: the agent keeps its current policy,
-        and a version that the server refuses or that does not load is not tried again.
+        Called between episodes only. Uses the prefetched copy when there is one, else
+        downloads it now. Never raises for fleet or checkpoint failures: the agent keeps its
+        current policy, and a version that the server refuses or that does not load is not
+        tried again.
 
         Returns:
             True if a new version was loaded.
         """
         try:
-            ref = self.client.latest_policy()
+            ref = self.fetcher.latest()
         except FleetError as exc:
             log.warning("%s: policy check failed, keeping the current one: %s", self.robot_id, exc)
             return False
         if ref is None:
             return False
         self._saw(ref.version)
-        current = self.policy_version
-        if (current is not None and ref.version <= current) or ref.version in self._bad_versions:
+        if not self._wants(ref.version):
             return False
         start = time.perf_counter()
         try:
-            path = self.client.download_policy(
-                ref.version, self.policy_dir / str(ref.version), sha256=ref.sha256
-            )
+            path = self.fetcher.fetch(ref, seen_at=self._seen_at[ref.version], via="sync")
+            receipt = self.fetcher.receipt(ref.version) or {}
             self._install(
                 ref.version,
                 path,
                 sha256=ref.sha256,
                 seen_at=self._seen_at[ref.version],
+                received_at=receipt.get("received_at"),
                 loaded_at=self._clock(),
                 load_s=time.perf_counter() - start,
             )
@@ -227,7 +274,78 @@ class RobotAgent:
             log.error("%s: policy version %d does not load: %s", self.robot_id, ref.version, exc)
             return False
         self.spool.log("policy_loaded", robot_id=self.robot_id, source="server", **self.policy_info)
+        # Versions prefetched but superseded before a boundary never acted: free their disk.
+        self.fetcher.prune(below=ref.version, keep=self._loaded_versions)
         return True
+
+    # -------------------------------------------------------------------------- prefetch
+    def prefetch_policy(self) -> bool:
+        """Download, never load, the server's newest version if it is newer than the acting one.
+
+        Safe to call from any thread, concurrently with :meth:`run_episode`. Never raises for
+        fleet failures (they are logged; the next poll tries again).
+
+        Returns:
+            True if a version was downloaded now.
+        """
+        try:
+            ref = self.fetcher.latest()
+        except FleetError as exc:
+            log.info("%s: prefetch poll failed (will retry): %s", self.robot_id, exc)
+            return False
+        if ref is None:
+            return False
+        self._saw(ref.version)
+        if not self._wants(ref.version):
+            return False
+        receipt = self.fetcher.receipt(ref.version)
+        if receipt is not None and receipt["sha256"] == ref.sha256:
+            return False
+        try:
+            self.fetcher.fetch(ref, seen_at=self._seen_at[ref.version], via="prefetch")
+        except RejectedError as exc:
+            self._bad_versions.add(ref.version)
+            log.warning("%s: policy version %d refused: %s", self.robot_id, ref.version, exc)
+            return False
+        except FleetError as exc:
+            log.info(
+                "%s: prefetch of version %d failed (will retry): %s",
+                self.robot_id,
+                ref.version,
+                exc,
+            )
+            return False
+        return True
+
+    def start_prefetch(self) -> None:
+        """Start the background prefetcher (no-op if ``prefetch_s`` is None or it runs)."""
+        if self.prefetch_s is None or (self._prefetcher and self._prefetcher.is_alive()):
+            return
+        # A fresh event per thread: one left finishing a slow download stops all the same.
+        self._prefetch_stop = stop = threading.Event()
+        self._prefetcher = threading.Thread(
+            target=self._prefetch_loop, args=(stop,), name=f"{self.robot_id}-prefetch", daemon=True
+        )
+        self._prefetcher.start()
+
+    def stop_prefetch(self, timeout_s: float = 5.0) -> None:
+        """Stop the prefetcher; waits up to ``timeout_s`` for a download in flight."""
+        self._prefetch_stop.set()
+        self._wake.set()
+        if self._prefetcher is not None:
+            self._prefetcher.join(timeout_s)
+            self._prefetcher = None
+
+    def _prefetch_loop(self, stop: threading.Event) -> None:
+        assert self.prefetch_s is not None
+        rng = random.Random(f"{self.robot_id}/prefetch")
+        while not stop.is_set():
+            try:
+                self.prefetch_policy()
+            except Exception:  # a full disk or a bug must not kill the thread: log, retry
+                log.exception("%s: prefetch failed (will retry)", self.robot_id)
+            self._wake.wait(self.prefetch_s * rng.uniform(0.8, 1.2))
+            self._wake.clear()
 
     # --------------------------------------------------------------------------- episodes
     def run_episode(self, task: TaskSpec, seed: int) -> Episode:
@@ -246,13 +364,15 @@ class RobotAgent:
                 f"none fetched from {getattr(self.client, 'base_url', 'the server')}; publish "
                 "one (lwd learner / POST /v1/policies) or check the server is reachable"
             )
-        from lwd.sim.rollout import policy_episode  # loads MuJoCo; only robots need it
+        rollout = self._rollout
+        if rollout is None:
+            from lwd.sim.rollout import policy_episode as rollout  # loads MuJoCo: robots only
 
         self.policy.reseed(seed)
-        timed = _TimedPolicy(self.policy)
+        timed = _TimedPolicy(self.policy)  # the acting policy is fixed for the whole episode
         info = dict(self.policy_info)
         started_at = self._clock()
-        ep = policy_episode(self.robot, timed, task, seed, self.operator)  # type: ignore[arg-type]
+        ep = rollout(self.robot, timed, task, seed, self.operator)
         if ep.robot_id != self.robot_id:
             ep = dataclasses.replace(ep, robot_id=self.robot_id)
         self.spool.put(ep)
@@ -306,6 +426,8 @@ class RobotAgent:
             log.info("%s: heartbeat failed: %s", self.robot_id, exc)
             return None
         self._saw(latest)
+        if latest is not None and self._wants(latest) and self.fetcher.receipt(latest) is None:
+            self._wake.set()  # the prefetcher fetches it now rather than at its next poll
         return latest
 
     def run(
@@ -318,7 +440,9 @@ class RobotAgent:
     ) -> int:
         """Run episodes of tasks drawn at random until ``num_episodes`` or ``stop`` is set.
 
-        While no policy is available the agent heartbeats ``"waiting"`` every ``wait_s``.
+        The prefetcher runs meanwhile (if ``prefetch_s`` is set). While no policy is
+        available the agent heartbeats ``"waiting"`` every ``wait_s``. ``stop`` is checked
+        between episodes: the episode in progress is finished, spooled and drained first.
 
         Returns:
             Episodes run.
@@ -330,17 +454,21 @@ class RobotAgent:
             self.client.register(self.robot_id)
         except FleetError as exc:
             log.info("%s: registration failed (will heartbeat later): %s", self.robot_id, exc)
+        self.start_prefetch()
         done = 0
-        while (num_episodes is None or done < num_episodes) and not stop.is_set():
-            task = tasks[int(self._rng.integers(len(tasks)))]
-            seed = int(self._rng.integers(2**31))
-            try:
-                self.run_episode(task, seed)
-            except NoPolicyError as exc:
-                log.warning("%s", exc)
-                self.heartbeat("waiting")
-                stop.wait(wait_s)
-                continue
-            done += 1
+        try:
+            while (num_episodes is None or done < num_episodes) and not stop.is_set():
+                task = tasks[int(self._rng.integers(len(tasks)))]
+                seed = int(self._rng.integers(2**31))
+                try:
+                    self.run_episode(task, seed)
+                except NoPolicyError as exc:
+                    log.warning("%s", exc)
+                    self.heartbeat("waiting")
+                    stop.wait(wait_s)
+                    continue
+                done += 1
+        finally:
+            self.stop_prefetch()
         self.heartbeat("idle")
         return done

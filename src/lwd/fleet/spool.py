@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from lwd.types import Episode
 
 _SUFFIX = ".parquet"
 _ERROR_SUFFIX = ".error.txt"
+_STALE_TMP_S = 600.0  # a temporary file this old is no write in progress
 
 
 class EpisodeUploader(Protocol):
@@ -74,10 +76,18 @@ class Spool:
         self.rejected_dir = self.dir / "rejected"
         self.log_path = self.dir / "events.jsonl"
         self._clock = clock
+        self._log_lock = threading.Lock()  # a robot's prefetch thread logs too
         self.pending_dir.mkdir(parents=True, exist_ok=True)
         self.rejected_dir.mkdir(exist_ok=True)
-        for stale in self.pending_dir.glob(".*.tmp"):  # a write cut short by a crash
-            stale.unlink(missing_ok=True)
+        # A write cut short by a crash leaves a hidden temporary file. Only old ones go: a
+        # young one may be a live robot's write in progress (someone inspecting its spool).
+        cutoff = time.time() - _STALE_TMP_S
+        for stale in self.pending_dir.glob(".*.tmp"):
+            try:
+                if stale.stat().st_mtime < cutoff:
+                    stale.unlink(missing_ok=True)
+            except FileNotFoundError:
+                pass
 
     # ---------------------------------------------------------------------------- queue
     def put(self, ep: Episode) -> Path:
@@ -119,10 +129,14 @@ class Spool:
 
     # -------------------------------------------------------------------------- logging
     def log(self, event: str, **fields: object) -> None:
-        """Append ``{"event": event, "t": now, **fields}`` as one line to ``events.jsonl``."""
+        """Append ``{"event": event, "t": now, **fields}`` as one line to ``events.jsonl``.
+
+        Safe from several threads of one process (whole lines, never interleaved).
+        """
         record = {"event": event, "t": self._clock(), **fields}
-        with open(self.log_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, default=str) + "\n")
+        line = json.dumps(record, default=str) + "\n"
+        with self._log_lock, open(self.log_path, "a", encoding="utf-8") as f:
+            f.write(line)
 
     def events(self) -> list[dict]:
         """Every event logged so far (a torn last line, from a crash, is skipped)."""

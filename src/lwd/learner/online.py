@@ -244,8 +244,19 @@ class OnlineLearner:
         )
 
     # ---------------------------------------------------------------------------- loop
-    def run(self, stop: threading.Event | None = None, on_update: UpdateCallback | None = None):
-        """Update until ``stop`` is set or ``cfg.max_updates``; checkpoints on the way out."""
+    def run(
+        self,
+        stop: threading.Event | None = None,
+        on_update: UpdateCallback | None = None,
+        *,
+        until: int | None = None,
+    ):
+        """Update until ``stop`` is set, ``cfg.max_updates`` or ``until`` updates in all.
+
+        ``until`` lets a caller run a fixed number of updates and come back (the synchronous
+        fleet harness: ``run(until=learner.step + n)`` once per round). Checkpoints on the way
+        out.
+        """
         cfg = self.cfg
         if self.step == 0 and not self.published:
             self.publish()  # version 1 = the starting policy, so robots have something to run
@@ -254,18 +265,22 @@ class OnlineLearner:
             while not (stop is not None and stop.is_set()):
                 if cfg.max_updates and self.step >= cfg.max_updates:
                     break
+                if until is not None and self.step >= until:
+                    break
                 if self.step % cfg.refresh_every == 0:
                     self.refresh()
                 metrics = self.agent.update(self.replay.sample(cfg.batch_size, self.rng))
                 self.step += 1
-                if self.step % cfg.publish_every == 0:
+                # during actor warm-up the acting policy is still the start: nothing to ship
+                actor_moved = self.agent.updates > self.agent.cfg.actor_warmup
+                if self.step % cfg.publish_every == 0 and actor_moved:
                     self.publish()
                 if self.step % cfg.checkpoint_every == 0:
                     self.checkpoint()
                 if on_update is not None:
                     on_update(self.step, metrics, self.status(t0, start))
         finally:
-            if self.step > start:
+            if self.step > start and self.step % cfg.checkpoint_every:  # else just written
                 self.checkpoint()
         return self.status(t0, start)
 

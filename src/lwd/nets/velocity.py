@@ -15,6 +15,12 @@ evaluates the field ``K`` times per sample) pays only for the ``x`` and time par
     ctx = field.encode_context(state_n, lang, image)   # (B, width), once
     for i in range(K):
         x = x + h * field.velocity(ctx, x, i * h)       # cheap per step
+
+With ``PolicyConfig.indicator`` on (RECAP, ALGORITHMS.md §5) the context also carries a learned
+embedding of an advantage indicator, index into :data:`INDICATORS` (``unknown`` = unconditioned,
+the classifier-free-guidance "dropped" label)::
+
+    ctx = W_c @ context + E[indicator]                  # E starts at zero
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ from lwd.nets.image import ImageEncoder
 from lwd.nets.mlp import MLP, make_activation, sinusoidal_time_embedding
 
 _ACTIVATION = "gelu"
+
+INDICATORS = ("unknown", "bad", "good")
+"""Advantage-indicator labels, in embedding-row order (RECAP): 0 unknown, 1 bad, 2 good."""
+UNKNOWN, BAD, GOOD = range(len(INDICATORS))
 
 
 class VelocityField(nn.Module):
@@ -52,6 +62,16 @@ class VelocityField(nn.Module):
         self.context_in = nn.Linear(context_dim, cfg.width)
         self.x_in = nn.Linear(self.action_size, cfg.width, bias=False)
         self.time_in = nn.Linear(cfg.time_dim, cfg.width, bias=False)
+        self.indicator_embed = None
+        if cfg.indicator:
+            if cfg.act_indicator not in INDICATORS:
+                raise ValueError(
+                    f"PolicyConfig.act_indicator must be one of {INDICATORS}, "
+                    f"got {cfg.act_indicator!r}"
+                )
+            # Zero rows: a converted unconditioned policy acts exactly as before, any label.
+            self.indicator_embed = nn.Embedding(len(INDICATORS), cfg.width)
+            nn.init.zeros_(self.indicator_embed.weight)
         self.first_norm = nn.LayerNorm(cfg.width) if cfg.layer_norm else nn.Identity()
         self.first_act = make_activation(_ACTIVATION)
         self.trunk = MLP(
@@ -63,7 +83,11 @@ class VelocityField(nn.Module):
         )
 
     def encode_context(
-        self, state: torch.Tensor, lang: torch.Tensor, image: torch.Tensor | None = None
+        self,
+        state: torch.Tensor,
+        lang: torch.Tensor,
+        image: torch.Tensor | None = None,
+        indicator: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
         """Observation part of the first layer, computed once per sample.
 
@@ -72,6 +96,8 @@ class VelocityField(nn.Module):
             lang: ``(B, lang_dim)`` instruction embeddings.
             image: ``(B, h, w, 3)`` uint8 frames; required when ``cfg.use_images``, ignored
                 otherwise.
+            indicator: ``(B,)`` int64 or one int, rows of :data:`INDICATORS`; only for fields
+                built with ``cfg.indicator`` (None there means ``unknown``).
 
         Returns:
             ``(B, width)`` context features (pre-activation) for :meth:`velocity`.
@@ -96,7 +122,24 @@ class VelocityField(nn.Module):
                     f"got {image.shape[0]} images for a batch of {state.shape[0]} states"
                 )
             parts.append(self.image_encoder(image))
-        return self.context_in(torch.cat(parts, dim=-1))
+        context = self.context_in(torch.cat(parts, dim=-1))
+        if self.indicator_embed is None:
+            if indicator is not None:
+                raise ValueError(
+                    "this velocity field takes no indicator (PolicyConfig.indicator is off); "
+                    "convert the policy with lwd.policy.flow.with_indicator first"
+                )
+            return context
+        rows = torch.as_tensor(
+            UNKNOWN if indicator is None else indicator, dtype=torch.long, device=context.device
+        )
+        if rows.ndim == 0:
+            rows = rows.expand(state.shape[0])
+        elif rows.shape != (state.shape[0],):
+            raise ValueError(
+                f"indicator must have shape ({state.shape[0]},), got {tuple(rows.shape)}"
+            )
+        return context + self.indicator_embed(rows)
 
     def velocity(
         self, context: torch.Tensor, x: torch.Tensor, w: torch.Tensor | float
@@ -133,6 +176,7 @@ class VelocityField(nn.Module):
         x: torch.Tensor,
         w: torch.Tensor | float,
         image: torch.Tensor | None = None,
+        indicator: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
         """Velocity ``f(s, l, x, w)``; same as ``velocity(encode_context(s, l, image), x, w)``.
 
@@ -142,8 +186,9 @@ class VelocityField(nn.Module):
             x: ``(B, H*A)`` noisy action chunk.
             w: ``(B,)`` flow times in ``[0, 1]`` (or one float).
             image: ``(B, h, w, 3)`` uint8 frames, or None.
+            indicator: ``(B,)`` rows of :data:`INDICATORS` (see :meth:`encode_context`).
 
         Returns:
             ``(B, H*A)`` velocity.
         """
-        return self.velocity(self.encode_context(state, lang, image), x, w)
+        return self.velocity(self.encode_context(state, lang, image, indicator), x, w)

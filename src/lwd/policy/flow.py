@@ -8,6 +8,14 @@ the rectified path ``x_w = w * x1 + (1 - w) * x0`` (ALGORITHMS.md §3)::
         x = x + (1 / K) * f(s, l, x, w_i)
     actions = clip(denormalize(x), -1, 1)  # (B, H, A)
 
+A policy built with ``PolicyConfig.indicator`` (RECAP) acts with its recorded label
+``cfg.act_indicator`` ("good"), with classifier-free guidance when ``cfg.guidance != 1``::
+
+    f = guided_velocity(f(s, l, x, w | good), f(s, l, x, w | unknown), beta)
+
+so a checkpoint acts correctly wherever it is loaded (:func:`with_indicator` converts a plain
+policy, e.g. the SFT start, without changing what it does).
+
 :class:`FlowPolicyRunner` wraps a :class:`FlowPolicy` into the fleet's ``Policy`` interface
 (``infer(obs) -> ActionChunk`` and ``.version``)::
 
@@ -20,6 +28,7 @@ the rectified path ``x_w = w * x1 + (1 - w) * x0`` (ALGORITHMS.md §3)::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -28,7 +37,7 @@ import torch
 from torch import nn
 
 from lwd.config import PolicyConfig
-from lwd.nets.velocity import VelocityField
+from lwd.nets.velocity import INDICATORS, VelocityField
 from lwd.policy.instruction import InstructionEncoder
 from lwd.policy.normalizer import Normalizer
 from lwd.types import ActionChunk, Observation
@@ -130,16 +139,62 @@ class FlowPolicy(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            context = self.field.encode_context(
-                self.normalizer.normalize_state(state_t), lang_t, image_t
-            )
+            state_n = self.normalizer.normalize_state(state_t)
+            uncond = None  # the "unknown"-label context, for classifier-free guidance
+            if not cfg.indicator:
+                context = self.field.encode_context(state_n, lang_t, image_t)
+            else:
+                act = INDICATORS.index(cfg.act_indicator)
+                context = self.field.encode_context(state_n, lang_t, image_t, act)
+                if cfg.guidance != 1.0:
+                    uncond = self.field.encode_context(state_n, lang_t, image_t, 0)
             h = 1.0 / k
             for i in range(k):
-                x = x + h * self.field.velocity(context, x, i * h)
+                v = self.field.velocity(context, x, i * h)
+                if uncond is not None:
+                    v = guided_velocity(v, self.field.velocity(uncond, x, i * h), cfg.guidance)
+                x = x + h * v
         finally:
             self.train(was_training)
         actions = self.normalizer.denormalize_action(x.reshape(b, cfg.chunk, cfg.action_dim))
         return actions.clamp(-1.0, 1.0)
+
+
+def guided_velocity(cond: torch.Tensor, uncond: torch.Tensor, beta: float) -> torch.Tensor:
+    """Classifier-free guidance: ``uncond + beta * (cond - uncond)``, ``(B, H*A)`` each.
+
+    ``beta = 1`` is the conditional velocity, ``beta = 0`` the unconditional one, ``beta > 1``
+    sharpens towards the condition (RECAP acts with the "good" label).
+    """
+    return uncond + beta * (cond - uncond)
+
+
+def with_indicator(
+    policy: FlowPolicy, *, act_indicator: str = "good", guidance: float = 1.0
+) -> FlowPolicy:
+    """A copy of ``policy`` whose velocity field takes a RECAP indicator.
+
+    A plain policy gets a zero-initialised indicator embedding, so the copy's velocity equals
+    the original's exactly for every label; a policy that already has one keeps it. The copy
+    records ``act_indicator`` and ``guidance`` in its config (and so in its checkpoints).
+
+    Args:
+        policy: a :class:`FlowPolicy` with a :class:`VelocityField`.
+        act_indicator: the label to act with, one of :data:`~lwd.nets.velocity.INDICATORS`.
+        guidance: classifier-free guidance weight ``beta`` when acting.
+    """
+    cfg = dataclasses.replace(
+        policy.cfg, indicator=True, act_indicator=act_indicator, guidance=float(guidance)
+    )
+    out = FlowPolicy(cfg, Normalizer.from_dict(policy.normalizer.to_dict()))
+    missing, unexpected = out.load_state_dict(policy.state_dict(), strict=False)
+    allowed = {"field.indicator_embed.weight"}
+    if unexpected or set(missing) - allowed:
+        raise ValueError(
+            f"cannot add an indicator to this policy: missing {sorted(set(missing) - allowed)}, "
+            f"unexpected {sorted(unexpected)} (it needs a lwd VelocityField)"
+        )
+    return out.to(policy.device).train(policy.training)
 
 
 class FlowPolicyRunner:

@@ -32,6 +32,8 @@ class GenerateConfig:
 
     suite: str = "fleet8"
     """Task suite."""
+    tasks: tuple[str, ...] = ()
+    """Generate only these tasks of the suite (empty: all)."""
     episodes_per_task: int = 40
     """Episodes per task, split by the fractions below."""
     demo_fraction: float = 0.5
@@ -58,7 +60,13 @@ def plan_jobs(cfg: GenerateConfig) -> list[dict]:
     n = cfg.episodes_per_task
     n_demo = round(n * cfg.demo_fraction)
     n_weak = round(n * cfg.weak_fraction)
-    for task in task_names(cfg.suite):
+    names = task_names(cfg.suite)
+    unknown = set(cfg.tasks) - set(names)
+    if unknown:
+        raise ValueError(f"tasks {sorted(unknown)} are not in suite {cfg.suite!r}: {names}")
+    for task in names:
+        if cfg.tasks and task not in cfg.tasks:
+            continue
         kinds = ["demo"] * n_demo + ["weak"] * n_weak + ["play"] * (n - n_demo - n_weak)
         for i, kind in enumerate(kinds):
             idx = len(jobs)

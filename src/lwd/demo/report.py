@@ -1,0 +1,238 @@
+"""The demo's closing report: how the fleet's policy changed, and how fast data moved.
+
+Built from a :class:`~lwd.demo.watch.FleetWatch` after the fleet stopped::
+
+    report = fleet_report(watch)           # plain JSON-friendly dict
+    write_report(report, out_dir)          # report.json + three PNGs
+    console.print(report_table(report))
+
+- Success vs robot-hours per task: episodes in the order they finished; a trailing window of
+  each task's episodes gives its autonomous success rate at that point of the fleet's time.
+- Intervention rate over wall-clock time (fraction of episodes the operator took over).
+- Data plane: episode finished → stored by the server → in a committed snapshot (available to
+  the learner), and policy published → loaded by a robot (robots' ``policy_loaded`` events).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from rich.table import Table
+
+from lwd.demo.watch import FleetWatch, autonomous_success, read_events
+from lwd.sim.tasks import CONTROL_DT
+
+_WINDOW = 20  # episodes per task in the trailing success window
+
+
+def _quantiles(values: list[float]) -> dict:
+    if not values:
+        return {"n": 0, "p50_s": math.nan, "p99_s": math.nan, "max_s": math.nan}
+    v = np.asarray(values)
+    return {
+        "n": len(v),
+        "p50_s": float(np.percentile(v, 50)),
+        "p99_s": float(np.percentile(v, 99)),
+        "max_s": float(v.max()),
+    }
+
+
+def _rate(successes: list[bool]) -> float:
+    return float(np.mean(successes)) if successes else math.nan
+
+
+def success_curves(rows: list[dict]) -> dict[str, dict[str, list[float]]]:
+    """task -> {"robot_hours", "success"}: trailing-window autonomous success over fleet time."""
+    rows = sorted(rows, key=lambda r: r["created_at"])
+    hours = np.cumsum([r["num_steps"] for r in rows]) * CONTROL_DT / 3600
+    curves: dict[str, dict[str, list[float]]] = {}
+    seen: dict[str, list[bool]] = {}
+    for h, r in zip(hours, rows, strict=True):
+        outcomes = seen.setdefault(r["task"], [])
+        outcomes.append(autonomous_success(r))
+        curve = curves.setdefault(r["task"], {"robot_hours": [], "success": []})
+        curve["robot_hours"].append(float(h))
+        curve["success"].append(_rate(outcomes[-_WINDOW:]))
+    return curves
+
+
+def first_vs_last(rows: list[dict], first_version: int) -> dict[str, dict]:
+    """Per task: autonomous success under the starting policy vs the last third of episodes
+    run by later versions (the fleet's own, unstaged measurement)."""
+    out = {}
+    for task in sorted({r["task"] for r in rows}):
+        mine = sorted((r for r in rows if r["task"] == task), key=lambda r: r["created_at"])
+        start = [autonomous_success(r) for r in mine if r["max_policy_version"] <= first_version]
+        later = [r for r in mine if r["max_policy_version"] > first_version]
+        tail = [autonomous_success(r) for r in later[len(later) * 2 // 3 :]]
+        out[task] = {
+            "start_success": _rate(start),
+            "start_episodes": len(start),
+            "late_success": _rate(tail),
+            "late_episodes": len(tail),
+        }
+    return out
+
+
+def fleet_report(watch: FleetWatch, evaluation: dict | None = None) -> dict:
+    """Everything the closing table and plots show, as a JSON-friendly dict."""
+    rows = watch.rows
+    snapshots = watch.store.snapshots()
+    first_version = min(watch.versions) if watch.versions else 1
+    # an episode is available to the learner once a committed snapshot covers its seq
+    snap_seq = np.array([s["max_seq"] for s in snapshots])
+    snap_t = np.array([s["created_at"] for s in snapshots])
+    to_store, to_learner = [], []
+    for r in rows:
+        to_store.append(r["stored_at"] - r["created_at"])
+        k = np.searchsorted(snap_seq, r["seq"])  # snapshots' max_seq only grows
+        if k < len(snap_seq):
+            to_learner.append(float(snap_t[k] - r["created_at"]))
+    to_robot = [
+        e["loaded_at"] - watch.versions[e["version"]]
+        for e in read_events(watch.robots_dir, "policy_loaded")
+        if e.get("version") in watch.versions and e["version"] != first_version
+    ]
+    t0 = min((r["created_at"] for r in rows), default=watch.started_at)
+    minutes = np.array([(r["created_at"] - t0) / 60 for r in rows])
+    bins = np.arange(0, (minutes.max() if len(minutes) else 0) + 1.0, 1.0)
+    intervention = []
+    for lo in bins:
+        sel = [r for r, m in zip(rows, minutes, strict=True) if lo <= m < lo + 1]
+        if sel:
+            intervention.append(
+                {
+                    "minute": float(lo),
+                    "episodes": len(sel),
+                    "rate": _rate([r["n_intervention"] > 0 for r in sel]),
+                }
+            )
+    return {
+        "episodes": len(rows),
+        "robot_hours": watch.robot_hours,
+        "robots": len({r["robot_id"] for r in rows}),
+        "policy_versions": len(watch.versions),
+        "learner": watch.learner,
+        "per_task": first_vs_last(rows, first_version),
+        "success_curves": success_curves(rows),
+        "intervention_over_time": intervention,
+        "latency": {
+            "episode_to_store": _quantiles(to_store),
+            "episode_to_learner": _quantiles(to_learner),
+            "policy_to_robot": _quantiles(to_robot),
+        },
+        "evaluation": evaluation or {},
+    }
+
+
+def _pct(rate: float, n: int | None = None) -> str:
+    if n == 0 or math.isnan(rate):
+        return "–"
+    return f"{rate:.0%}" if n is None else f"{rate:.0%} ({n})"
+
+
+_LATENCY_LABELS = {
+    "episode_to_store": "episode finished → stored",
+    "episode_to_learner": "episode finished → in a snapshot (learner)",
+    "policy_to_robot": "policy published → loaded by a robot",
+}
+
+
+def report_table(report: dict) -> Table:
+    evaluation = report.get("evaluation") or {}
+    table = Table(title="what the fleet learned (autonomous success)", title_justify="left")
+    table.add_column("task")
+    table.add_column("start policy (fleet)", justify="right")
+    table.add_column("last third (fleet)", justify="right")
+    if evaluation:
+        table.add_column(f"eval start ({evaluation['episodes_per_task']}/task)", justify="right")
+        table.add_column("eval final", justify="right")
+    for task, t in report["per_task"].items():
+        row = [
+            task,
+            _pct(t["start_success"], t["start_episodes"]),
+            _pct(t["late_success"], t["late_episodes"]),
+        ]
+        if evaluation:
+            row += [
+                _pct(evaluation["start"].get(task, math.nan)),
+                _pct(evaluation["final"].get(task, math.nan)),
+            ]
+        table.add_row(*row)
+    if evaluation:
+        table.add_row(
+            "average", "", "", _pct(evaluation["start_avg"]), _pct(evaluation["final_avg"])
+        )
+    return table
+
+
+def latency_table(report: dict) -> Table:
+    table = Table(title="data plane (seconds)", title_justify="left")
+    for col in ("path", "n", "P50", "P99", "max"):
+        table.add_column(col, justify="left" if col == "path" else "right")
+    for name, q in report["latency"].items():
+        table.add_row(
+            _LATENCY_LABELS.get(name, name),
+            str(q["n"]),
+            f"{q['p50_s']:.2f}",
+            f"{q['p99_s']:.2f}",
+            f"{q['max_s']:.2f}",
+        )
+    return table
+
+
+def write_report(report: dict, out: Path) -> list[Path]:
+    """``report.json`` and the PNG plots into ``out``; returns the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "report.json"]
+    paths[0].write_text(json.dumps(report, indent=2, default=float))
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for task, c in report["success_curves"].items():
+        ax.plot(c["robot_hours"], c["success"], label=task)
+    ax.set(xlabel="fleet robot-hours", ylabel=f"autonomous success (last {_WINDOW} episodes)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    paths.append(out / "success_vs_robot_hours.png")
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 3))
+    iv = report["intervention_over_time"]
+    ax.plot([b["minute"] + 0.5 for b in iv], [b["rate"] for b in iv], marker="o")
+    ax.set(xlabel="minutes", ylabel="episodes with an intervention")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    paths.append(out / "intervention_rate.png")
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 3))
+    names = list(report["latency"])
+    for k, name in enumerate(names):
+        q = report["latency"][name]
+        ax.barh(
+            [k - 0.2], [q["p50_s"]], height=0.4, color="tab:blue", label="P50" if k == 0 else None
+        )
+        ax.barh(
+            [k + 0.2], [q["p99_s"]], height=0.4, color="tab:orange", label="P99" if k == 0 else None
+        )
+    ax.set_yticks(range(len(names)), [n.replace("_", " ") for n in names])
+    ax.set(xlabel="seconds")
+    ax.legend()
+    paths.append(out / "data_plane_latency.png")
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths

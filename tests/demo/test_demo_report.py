@@ -1,0 +1,79 @@
+"""Known answers for the demo's live view and closing report, from a hand-made fleet record."""
+
+import dataclasses
+import json
+
+import pytest
+from rich.console import Console
+
+from lwd.data.store import EpisodeStore
+from lwd.demo.report import fleet_report, latency_table, report_table, write_report
+from lwd.demo.view import render
+from lwd.demo.watch import FleetWatch
+from lwd.types import Source
+
+
+@pytest.fixture
+def fleet(tmp_path, make_episode):
+    """v1: 4 episodes of open-drawer (1 autonomous success, 1 helped success, 2 failures);
+    v3: 4 episodes (3 autonomous successes, 1 failure); snapshots after each half."""
+    root = tmp_path / "server"
+    store = EpisodeStore(root / "store")
+    t0 = 1_800_000_000.0
+    outcomes = [(1, True, False), (1, True, True), (1, False, False), (1, False, True)]
+    outcomes += [(3, True, False), (3, True, False), (3, True, False), (3, False, False)]
+    for k, (version, success, helped) in enumerate(outcomes):
+        ep = make_episode(10, seed=k, success=success, policy_version=version)
+        sources = ep.sources.copy()
+        if helped:
+            sources[5:] = Source.INTERVENTION
+        ep = dataclasses.replace(ep, sources=sources, created_at=t0 + 10 * k)
+        store.put(ep)
+        if k in (3, 7):
+            store.snapshot()
+    from lwd.fleet.registry import PolicyRegistry
+
+    PolicyRegistry(root / "policies")  # empty registry: versions come from the episodes
+    robots = tmp_path / "robots" / "robot-0" / "spool"
+    robots.mkdir(parents=True)
+    events = [
+        {"event": "policy_loaded", "version": 2, "loaded_at": t0 + 3.0},
+        {"event": "policy_loaded", "version": 3, "loaded_at": t0 + 7.0},
+    ]
+    (robots / "events.jsonl").write_text("\n".join(json.dumps(e) for e in events) + "\n{cut")
+    watch = FleetWatch(root, tmp_path / "robots")
+    watch.refresh()
+    watch.versions = {1: t0, 2: t0 + 1.0, 3: t0 + 2.0}  # as if published then
+    return watch
+
+
+def test_success_counts_only_unhelped_episodes(fleet):
+    buckets = fleet.version_buckets()
+    assert buckets[0] == (1, 1) and buckets[-1][1] == 3
+    table = fleet.success_table([(1, 1), (2, 3)])
+    assert table == {"open-drawer": [(1, 4), (3, 4)]}
+    assert fleet.intervention_rate() == pytest.approx(2 / 8)
+    assert fleet.intervention_rate(last=4) == 0.0
+    assert fleet.robot_hours == pytest.approx(8 * 10 * 0.05 / 3600)
+
+
+def test_report_known_answers(fleet, tmp_path):
+    report = fleet_report(fleet)
+    task = report["per_task"]["open-drawer"]
+    assert (task["start_success"], task["start_episodes"]) == (0.25, 4)
+    # the last third of the 4 later episodes is the last 2: one success, one failure
+    assert (task["late_success"], task["late_episodes"]) == (0.5, 2)
+    lat = report["latency"]
+    assert lat["policy_to_robot"]["n"] == 2  # v1 is the start: not a delivery
+    # published at +1 and +2, loaded at +3 and +7: 2 s and 5 s
+    assert lat["policy_to_robot"]["p50_s"] == pytest.approx(3.5)  # linear interpolation
+    assert lat["policy_to_robot"]["max_s"] == pytest.approx(5.0)
+    assert lat["episode_to_learner"]["n"] == 8
+    curve = report["success_curves"]["open-drawer"]
+    assert curve["success"][0] == 1.0 and curve["success"][-1] == pytest.approx(4 / 8)
+    paths = write_report(report, tmp_path / "report")
+    assert all(p.stat().st_size > 0 for p in paths) and len(paths) == 4
+    console = Console(width=120, record=True)
+    console.print(report_table(report), latency_table(report), render(fleet, 60, 900))
+    text = console.export_text()
+    assert "open-drawer" in text and "25% (4)" in text and "policy published" in text
