@@ -14,7 +14,8 @@ a publisher (a small real policy checkpoint every ``--publish-s``).
    - episode produced (``finished_at`` in the robot's events.jsonl) -> listed in a committed
      snapshot, i.e. available to the learner;
    - policy published (registry ``created_at``) -> received by the robot (``policy_received``,
-     the background prefetch), and -> loaded (``policy_loaded``, only between episodes).
+     the background prefetch), and -> loaded (``policy_loaded``, only between episodes): per
+     robot and version, until the robot has that version or a newer one.
 2. Capacity: for each fleet size, a fresh server and robots hosted ``--per-process`` to a
    process (``lwd robot --count``), run ``--window-s``, then stopped (SIGTERM: each finishes,
    spools and drains its episode). A size is sustained when nothing is lost (every spooled
@@ -211,13 +212,14 @@ def make_checkpoints(directory: Path, count: int, width: int) -> list[Path]:
 def robot_records(work: Path, ids: list[str]) -> dict:
     from lwd.fleet.spool import Spool
 
-    rec = {"episodes": {}, "acked": set(), "received": [], "loaded": [], "pending": 0}
+    rec = {"episodes": {}, "acked": set(), "received": {}, "loaded": {}, "pending": 0}
     rec["rejected"], rec["finishes"] = 0, {}
     for rid in ids:
         spool = Spool(work / rid / "spool")
         rec["pending"] += len(spool)
         rec["rejected"] += len(spool.rejected())
         rec["finishes"][rid] = finishes = []
+        rec["received"][rid], rec["loaded"][rid] = received, loaded = [], []
         for e in spool.events():
             kind = e["event"]
             if kind == "episode":
@@ -226,10 +228,24 @@ def robot_records(work: Path, ids: list[str]) -> dict:
             elif kind == "acked":
                 rec["acked"].add(e["episode_id"])
             elif kind == "policy_received":
-                rec["received"].append((e["version"], e["received_at"]))
+                received.append((e["version"], e["received_at"]))
             elif kind == "policy_loaded" and e.get("source") == "server":
-                rec["loaded"].append((e["version"], e["loaded_at"]))
+                loaded.append((e["version"], e["loaded_at"]))
     return rec
+
+
+def policy_delays(published: dict[int, float], events: dict[str, list]) -> list[float]:
+    """Per robot and published version: seconds until the robot had that version or a newer
+    one (a version superseded before the robot's next poll or boundary counts as reached by
+    the newer one). Versions a robot never reached before it stopped are left out."""
+    delays = []
+    for robot_events in events.values():
+        times = sorted(robot_events, key=lambda e: e[1])
+        for version, created in published.items():
+            reached = next((t for v, t in times if v >= version and t >= created), None)
+            if reached is not None:
+                delays.append(reached - created)
+    return delays
 
 
 def quantiles(values: list[float]) -> dict[str, float]:
@@ -311,9 +327,9 @@ def run_fleet(tag: str, tmp: Path, robots: int, per_process: int, seconds: float
         ),
         reverse=True,
     )[:5]
-    late = [v for v in publisher.created_at if v > 1]  # v1 came before the robots
-    received = [t - publisher.created_at[v] for v, t in rec["received"] if v in late]
-    loaded = [t - publisher.created_at[v] for v, t in rec["loaded"] if v in late]
+    published = {v: t for v, t in publisher.created_at.items() if v > 1}  # v1: before robots
+    received = policy_delays(published, rec["received"])
+    loaded = policy_delays(published, rec["loaded"])
     lost = set(produced) - set(stored)
     zero_loss = (
         not lost
