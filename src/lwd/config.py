@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from lwd.sim.layout import ACTION_DIM, STATE_DIM
@@ -376,3 +378,17 @@ _NESTED = {
     ("OfflineConfig", "agent"): AgentConfig,
     ("OnlineConfig", "agent"): AgentConfig,
 }
+
+
+def refuse_other_config(path: Path, cfg: Any, what: str) -> None:
+    """Raise if ``path`` holds a saved config of a run that differs from ``cfg``.
+
+    Resuming continues a run exactly, so a directory is only resumed with the settings it was
+    started with; ``what`` names the run in the message ("an SFT run", "an online run").
+    """
+    path = Path(path)
+    if path.is_file() and from_dict(type(cfg), json.loads(path.read_text())) != cfg:
+        raise ValueError(
+            f"{path.parent} holds {what} with a different config; pass a new --out, or the "
+            "same settings to resume it"
+        )

@@ -97,19 +97,16 @@ def fleet_report(watch: FleetWatch, evaluation: dict | None = None) -> dict:
         if e.get("version") in watch.versions and e["version"] != first_version
     ]
     t0 = min((r["created_at"] for r in rows), default=watch.started_at)
-    minutes = np.array([(r["created_at"] - t0) / 60 for r in rows])
-    bins = np.arange(0, (minutes.max() if len(minutes) else 0) + 1.0, 1.0)
-    intervention = []
-    for lo in bins:
-        sel = [r for r, m in zip(rows, minutes, strict=True) if lo <= m < lo + 1]
-        if sel:
-            intervention.append(
-                {
-                    "minute": float(lo),
-                    "episodes": len(sel),
-                    "rate": _rate([r["n_intervention"] > 0 for r in sel]),
-                }
-            )
+    minute = np.array([int((r["created_at"] - t0) // 60) for r in rows], dtype=int)
+    helped = np.array([r["n_intervention"] > 0 for r in rows], dtype=float)
+    intervention = [
+        {
+            "minute": float(m),
+            "episodes": int((minute == m).sum()),
+            "rate": float(helped[minute == m].mean()),
+        }
+        for m in np.unique(minute)
+    ]
     return {
         "episodes": len(rows),
         "robot_hours": watch.robot_hours,

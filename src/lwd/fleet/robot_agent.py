@@ -228,6 +228,21 @@ class RobotAgent:
         current = self.policy_version  # read once: the main thread may swap the policy
         return (current is None or version > current) and version not in self._bad_versions
 
+    def _newer_version(self, failure: str, level: int):
+        """The server's newest policy if this robot wants it (newer, not refused), else None.
+
+        A failed query is logged at ``level`` as ``failure`` and answers None.
+        """
+        try:
+            ref = self.fetcher.latest()
+        except FleetError as exc:
+            log.log(level, "%s: %s: %s", self.robot_id, failure, exc)
+            return None
+        if ref is None:
+            return None
+        self._saw(ref.version)
+        return ref if self._wants(ref.version) else None
+
     def sync_policy(self) -> bool:
         """Load the server's newest version if it is newer than the one acting.
 
@@ -239,15 +254,8 @@ class RobotAgent:
         Returns:
             True if a new version was loaded.
         """
-        try:
-            ref = self.fetcher.latest()
-        except FleetError as exc:
-            log.warning("%s: policy check failed, keeping the current one: %s", self.robot_id, exc)
-            return False
+        ref = self._newer_version("policy check failed, keeping the current one", logging.WARNING)
         if ref is None:
-            return False
-        self._saw(ref.version)
-        if not self._wants(ref.version):
             return False
         start = time.perf_counter()
         try:
@@ -288,15 +296,8 @@ class RobotAgent:
         Returns:
             True if a version was downloaded now.
         """
-        try:
-            ref = self.fetcher.latest()
-        except FleetError as exc:
-            log.info("%s: prefetch poll failed (will retry): %s", self.robot_id, exc)
-            return False
+        ref = self._newer_version("prefetch poll failed (will retry)", logging.INFO)
         if ref is None:
-            return False
-        self._saw(ref.version)
-        if not self._wants(ref.version):
             return False
         receipt = self.fetcher.receipt(ref.version)
         if receipt is not None and receipt["sha256"] == ref.sha256:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from lwd.agent import Agent
-from lwd.config import OfflineConfig, from_dict, to_dict
+from lwd.config import OfflineConfig, from_dict, refuse_other_config, to_dict
 from lwd.data.dataset import select_episodes
 from lwd.data.replay import ReplayBuffer
 from lwd.data.store import EpisodeStore
@@ -172,13 +172,7 @@ def train_offline(
     out, data_dir = Path(out), Path(data_dir)
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / CONFIG_FILE
-    if config_path.is_file():
-        saved = from_dict(OfflineConfig, json.loads(config_path.read_text()))
-        if saved != cfg:
-            raise ValueError(
-                f"{out} holds an offline run with a different config; pass a new --out, or the "
-                f"same settings to resume it"
-            )
+    refuse_other_config(config_path, cfg, "an offline run")
     sft = load_policy(init)
     replay = build_offline_replay(cfg, data_dir, encoder, sft.cfg.chunk, known_tasks)
     agent = Agent(cfg.agent, sft, seed=cfg.seed)

@@ -29,7 +29,7 @@ from typing import Protocol
 import numpy as np
 
 from lwd.agent import Agent
-from lwd.config import OfflineConfig, OnlineConfig, from_dict, to_dict
+from lwd.config import OfflineConfig, OnlineConfig, from_dict, refuse_other_config, to_dict
 from lwd.data.replay import MixedReplay, ReplayBuffer
 from lwd.data.store import EpisodeStore
 from lwd.learner.offline import (
@@ -170,13 +170,7 @@ class OnlineLearner:
         self.cfg, self.source, self.sink, self.out = cfg, source, sink, Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         config_path = self.out / CONFIG_FILE
-        if config_path.is_file():
-            saved = from_dict(OnlineConfig, json.loads(config_path.read_text()))
-            if saved != cfg:
-                raise ValueError(
-                    f"{self.out} holds an online run with a different config; pass a new --out, "
-                    f"or the same settings to resume it"
-                )
+        refuse_other_config(config_path, cfg, "an online run")
         init = Path(init)
         init_ckpt = latest_checkpoint(init) if (init / "LATEST").is_file() else None
         reference = load_policy(init_ckpt / "reference" if init_ckpt else init)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from lwd.algo.flow_bc import flow_matching_loss
-from lwd.config import SFTConfig, from_dict, to_dict
+from lwd.config import SFTConfig, refuse_other_config, to_dict
 from lwd.data.dataset import build_chunk_dataset, select_episodes
 from lwd.data.store import EpisodeStore
 from lwd.policy.checkpoint import (
@@ -142,14 +142,7 @@ def _maybe_resume(cfg, out: Path, policy, optimizer, gen) -> int:
     """Load weights and optimizer/RNG state from an earlier run in ``out``; returns its step."""
     if not (out / TRAINER_FILE).is_file() or not (out / CONFIG_FILE).is_file():
         return 0
-    saved_cfg_path = out / SFT_CONFIG_FILE
-    if saved_cfg_path.is_file():
-        saved = from_dict(SFTConfig, json.loads(saved_cfg_path.read_text()))
-        if saved != cfg:
-            raise ValueError(
-                f"{out} holds an SFT run with a different config; pass a new --out, or the same "
-                f"settings to resume it"
-            )
+    refuse_other_config(out / SFT_CONFIG_FILE, cfg, "an SFT run")
     saved_policy = load_policy(out)  # the checkpoint loader's checks apply to resumes too
     policy.load_state_dict(saved_policy.state_dict())
     policy.normalizer = saved_policy.normalizer
