@@ -64,6 +64,17 @@ def parse() -> argparse.Namespace:
     budget.add_argument("--robots", type=int, default=8)
     budget.add_argument("--updates", type=int, default=300, help="learner updates per round")
     budget.add_argument("--batch-size", type=int, default=256)
+    p.add_argument(
+        "--reference",
+        choices=("frozen", "bc"),
+        default="frozen",
+        help="LWD-online's QAM reference: the frozen SFT (LWD) or a BC-trained one (QAM's code)",
+    )
+    p.add_argument(
+        "--takeover-as-failure",
+        action="store_true",
+        help="LWD-online: end an autonomous return at the operator's takeover, no bootstrap",
+    )
     p.add_argument("--eval-episodes", type=int, default=10, help="per task, final evaluation")
     p.add_argument("--workers", type=int, default=2, help="episode-collecting processes")
     p.add_argument("--threads", type=int, default=2, help="torch threads of the learners")
@@ -233,6 +244,9 @@ class Bench:
         return result
 
     def overrides(self, name: str) -> dict:
+        if name == "lwd_online":
+            a = self.args
+            return {"reference": a.reference, "takeover_as_failure": a.takeover_as_failure}
         if name != "recap":
             return {}
         # RECAP's value net gets the width and the update count the others' nets get.

@@ -40,6 +40,7 @@ from lwd.algo.divl import (
     value_support,
 )
 from lwd.algo.extraction import awr_actor_loss, fql_actor_loss, qam_actor_loss
+from lwd.algo.flow_bc import flow_matching_loss
 from lwd.config import AgentConfig
 from lwd.nets.critic import Critic, ObservationEncoder, ValueNet
 from lwd.policy.flow import FlowPolicy
@@ -61,6 +62,8 @@ def check_agent_config(cfg: AgentConfig) -> None:
         raise ValueError(
             f"AgentConfig.q_grad_heads must be 'mean' or 'min', got {cfg.q_grad_heads!r}"
         )
+    if cfg.reference not in ("frozen", "bc"):
+        raise ValueError(f"AgentConfig.reference must be 'frozen' or 'bc', got {cfg.reference!r}")
     if cfg.rollout_field not in ("finetuned", "reference"):
         raise ValueError(
             f"AgentConfig.rollout_field must be 'finetuned' or 'reference', got {cfg.rollout_field!r}"
@@ -101,6 +104,8 @@ class Agent(nn.Module):
 
     def _build(self, cfg: AgentConfig, policy: FlowPolicy) -> None:
         self.reference = _frozen(copy.deepcopy(policy))
+        # QAM's "bc" reference: a BC-trained flow whose EMA is f_ref (None: f_ref stays frozen).
+        self.reference_bc = copy.deepcopy(policy) if cfg.reference == "bc" else None
         acting_cfg = policy.cfg
         if cfg.extraction == "fql":  # a one-step policy: x1 = z + f(s, z, 0)
             acting_cfg = dataclasses.replace(policy.cfg, flow_steps=1)
@@ -127,6 +132,10 @@ class Agent(nn.Module):
         self.actor_params = [p for p in self.policy.parameters() if p.requires_grad]
         if cfg.extraction != "none":
             self.optimizers["actor"] = torch.optim.Adam(self.actor_params, lr=cfg.actor_lr)
+        if self.reference_bc is not None:
+            self.optimizers["reference"] = torch.optim.Adam(
+                self.reference_bc.parameters(), lr=cfg.reference_lr
+            )
 
     # ------------------------------------------------------------------------ read-outs
     def acting_policy(self) -> FlowPolicy:
@@ -210,6 +219,24 @@ class Agent(nn.Module):
         since = self.updates - cfg.actor_warmup
         if cfg.extraction != "none" and since >= 0 and since % cfg.actor_every == 0:
             metrics |= self._actor_update(state_n, lang, image, actions, label)
+        if self.reference_bc is not None:  # after the actor, which used the pre-step f_ref
+            loss_bc, _ = flow_matching_loss(
+                self.reference_bc.field,
+                state_n,
+                lang,
+                norm.normalize_action(actions),
+                image,
+                generator=self.generator,
+            )
+            metrics["reference/bc_loss"] = loss_bc.detach()
+            metrics["reference/grad_norm"] = self._step(
+                "reference", loss_bc, self.reference_bc.parameters()
+            )
+            with torch.no_grad():
+                for p, tp in zip(
+                    self.reference_bc.parameters(), self.reference.parameters(), strict=True
+                ):
+                    tp.lerp_(p, cfg.ema)
         self.updates += 1
         return {k: float(v) for k, v in metrics.items()}
 
@@ -277,9 +304,12 @@ class Agent(nn.Module):
     # ---------------------------------------------------------------------- checkpoints
     def trainable_modules(self) -> dict[str, nn.Module]:
         """Everything a checkpoint must hold to resume exactly (besides optimizers and RNG)."""
-        return {
+        modules = {
             "policy": self.policy,
             "value": self.value,
             "critic": self.critic,
             "target_critic": self.target_critic,
         }
+        if self.reference_bc is not None:
+            modules |= {"reference": self.reference, "reference_bc": self.reference_bc}
+        return modules

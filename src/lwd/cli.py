@@ -48,6 +48,11 @@ def _progress(description: str):
     )
 
 
+REFERENCE_HELP = (
+    "QAM reference flow: 'frozen' SFT (LWD) or 'bc', kept training by flow BC (QAM's code)"
+)
+
+
 def _override(cfg, **values):
     """``cfg`` with the fields given on the command line (None: not given) replaced."""
     return dataclasses.replace(cfg, **{k: v for k, v in values.items() if v is not None})
@@ -143,6 +148,7 @@ def cmd_train_offline(args) -> int:
         critic_width=args.critic_width,
         tau_base=args.tau_base,
         actor_warmup=args.actor_warmup,
+        reference=args.reference,
     )
     cfg = _override(
         preset(args.preset),
@@ -246,6 +252,7 @@ def cmd_learner(args) -> int:
             critic_width=args.critic_width,
             actor_warmup=args.actor_warmup,
             tau_base=args.tau_base,
+            reference=args.reference,
         ),
     )
     cfg = adopt_architecture(cfg, args.init)
@@ -377,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--tau-base", type=float)
     o.add_argument("--critic-width", type=int)
     o.add_argument("--actor-warmup", type=int, help="critic-only updates before extraction")
+    o.add_argument("--reference", choices=("frozen", "bc"), help=REFERENCE_HELP)
     o.add_argument("--seed", type=int)
     o.add_argument("--checkpoint-every", type=int)
     o.add_argument("--eval-every", type=int, help="evaluate every N updates (0: never)")
@@ -432,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     ln.add_argument("--critic-width", type=int)
     ln.add_argument("--actor-warmup", type=int, help="critic-only updates first (SFT init)")
     ln.add_argument("--tau-base", type=float)
+    ln.add_argument("--reference", choices=("frozen", "bc"), help=REFERENCE_HELP)
     ln.add_argument("--status-file", help="write the learner's status here (JSON, atomically)")
     ln.add_argument("--seed", type=int)
     ln.set_defaults(func=cmd_learner)

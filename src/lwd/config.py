@@ -154,6 +154,13 @@ class AgentConfig:
     """QAM temperature lambda of pi* ~ pi_ref exp(Q / lambda) (paper: 2; QAM's inv_temp = 1/lambda)."""
     q_grad_heads: str = "mean"
     """QAM terminal adjoint from the target critic's "mean" or "min" over heads."""
+    reference: str = "frozen"
+    """QAM's reference flow f_ref: "frozen" (the SFT checkpoint forever, LWD's choice) or "bc"
+    (as QAM's reference code: a copy of the SFT flow keeps training by flow-matching BC on every
+    batch and f_ref is its EMA at rate ``ema``; online it follows the fleet's data, which a
+    frozen reference cannot reach)."""
+    reference_lr: float = 3e-4
+    """Adam learning rate of the "bc" reference (QAM: the actor's)."""
     rollout_field: str = "finetuned"
     """QAM memoryless-SDE rollout with the "finetuned" flow (QAM, Adjoint Matching) or the
     frozen "reference" (LWD's Algorithm 2)."""
@@ -214,6 +221,11 @@ class OnlineConfig:
     """Publish the acting policy every this many updates."""
     refresh_every: int = 50
     """Commit a snapshot and add its new episodes every this many updates."""
+    takeover_as_failure: bool = False
+    """End an autonomous step's TD return at the operator's next takeover, with no bootstrap
+    (as if the attempt had failed there) [choice; the paper gives interventions no special
+    reward]. A scripted operator rescues nearly every episode, so success labels alone cannot
+    tell the policy's stalled actions from the rescue's."""
     checkpoint_every: int = 500
     """Write a resumable checkpoint every this many updates."""
     keep_checkpoints: int = 2

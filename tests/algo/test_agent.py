@@ -1,5 +1,6 @@
 """The agent's update: order, gradient isolation, and every ablation/baseline runs."""
 
+import copy
 import dataclasses
 
 import pytest
@@ -7,6 +8,7 @@ import torch
 
 from lwd.agent import Agent
 from lwd.algo.extraction import qam_actor_loss
+from lwd.algo.flow_bc import flow_matching_loss
 from lwd.config import AgentConfig, PolicyConfig
 from lwd.policy.flow import FlowPolicy
 from lwd.types import Batch
@@ -111,6 +113,50 @@ def test_value_and_critic_losses_touch_only_their_nets():
     assert not changed(pol, agent.policy)
     assert not changed(crit_before, agent.critic)
     assert all(p.grad is None for p in agent.policy.parameters())
+
+
+def test_bc_reference_takes_one_flow_bc_step_and_f_ref_is_its_ema():
+    """reference="bc" (QAM's option): the BC flow moves by one Adam step of flow BC on the
+    batch, after the actor's step; f_ref moves only as its EMA; QAM still only moves f_theta."""
+    cfg = dataclasses.replace(ACFG, reference="bc")
+    torch.manual_seed(0)
+    agent = Agent(cfg, FlowPolicy(PCFG), seed=0)
+    twin = copy.deepcopy(agent)  # replays the update with the reference's part done by hand
+    ref_before = snapshot(agent.reference)
+    batch = make_batch()
+    agent.update(batch)
+    assert not any(p.requires_grad for p in agent.reference.parameters())
+
+    bc_flow, ref_opt = twin.reference_bc, twin.optimizers.pop("reference")
+    twin.reference_bc = None  # the same update without the reference's part
+    twin.update(batch)
+    norm = twin.policy.normalizer
+    loss, _ = flow_matching_loss(
+        bc_flow.field,
+        norm.normalize_state(batch.state),
+        batch.lang,
+        norm.normalize_action(batch.actions),
+        generator=twin.generator,
+    )
+    ref_opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(bc_flow.parameters(), cfg.grad_clip)
+    ref_opt.step()
+    for name in ("reference_bc", "policy", "critic", "value"):
+        a = getattr(agent, name).state_dict()
+        b = (bc_flow if name == "reference_bc" else getattr(twin, name)).state_dict()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], msg=f"{name}.{k}")
+    for (k, new), p in zip(agent.reference.named_parameters(), bc_flow.parameters(), strict=True):
+        expect = ref_before[k] * (1 - cfg.ema) + p.detach() * cfg.ema
+        torch.testing.assert_close(new.detach(), expect)
+
+
+def test_bc_reference_checkpoint_holds_its_optimizer():
+    agent = Agent(dataclasses.replace(ACFG, reference="bc"), FlowPolicy(PCFG), seed=0)
+    assert set(agent.optimizers) == {"value", "critic", "actor", "reference"}
+    with pytest.raises(ValueError, match="reference"):
+        Agent(dataclasses.replace(ACFG, reference="ema"), FlowPolicy(PCFG), seed=0)
 
 
 def test_fql_acts_with_a_one_step_flow():

@@ -116,6 +116,27 @@ def test_one_step_backup_and_window_longer_than_episode():
     np.testing.assert_array_equal(b.next_state[:, 0].numpy(), [3, 3, 3])
 
 
+def test_takeover_ends_the_autonomous_attempt_as_a_failure():
+    # T=8, H=2, n=2 (nH=4), gamma=0.5; sources A A A I I A A D; success at the end.
+    a, i, d = Source.AUTONOMOUS, Source.INTERVENTION, Source.DEMO
+    ep = tiny_episode(8, success=True, sources=[a, a, a, i, i, a, a, d])
+    plain, marked = buffer(), buffer(takeover_as_failure=True)
+    for buf in (plain, marked):
+        buf.add_episodes([ep])
+    b, m = all_steps(plain), all_steps(marked)
+    # Steps 0-2 (takeover at 3, within nH): return truncated at the takeover, no bootstrap.
+    np.testing.assert_array_equal(m.reward.numpy(), [0, 0, 0] + list(b.reward.numpy()[3:]))
+    np.testing.assert_array_equal(m.discount.numpy(), [0, 0, 0] + list(b.discount.numpy()[3:]))
+    np.testing.assert_array_equal(m.next_state[:, 0].numpy(), [3, 3, 3, 7, 8, 8, 8, 8])
+    # Everything else, and the executed chunks, are the plain semantics.
+    np.testing.assert_array_equal(m.actions.numpy(), b.actions.numpy())
+    np.testing.assert_array_equal(m.reward.numpy()[3:], [0, 0.125, 0.25, 0.5, 1.0])
+
+    far = buffer(horizon=1, n_step=1, takeover_as_failure=True)  # nH=1: only the last step
+    far.add_episodes([ep])
+    np.testing.assert_array_equal(all_steps(far).discount.numpy()[:3], [0.5, 0.5, 0.0])
+
+
 def test_actions_are_padded_by_repeating_the_last_action():
     buf = buffer(horizon=3)
     buf.add_episodes([tiny_episode(4)])
@@ -247,9 +268,10 @@ def test_summary_and_nbytes():
     s = buf.summary()
     assert s["transitions"] == 6 and s["episodes"] == 2 and s["success_rate"] == 0.5
     assert s["source_steps"] == {"demo": 4, "autonomous": 0, "intervention": 0, "play": 2}
-    # states 8 rows x 3 x 4 B, actions 6 x 2 x 4 B, rewards/versions/episode 6 x 4 B each,
-    # sources 6 B, lang 1 x 4 x 4 B, per episode start 8 + length 4 + instruction 4 + success 1.
-    assert buf.nbytes == 96 + 48 + 72 + 6 + 16 + 2 * 17
+    # states 8 rows x 3 x 4 B, actions 6 x 2 x 4 B, rewards/versions/episode/steps-to-takeover
+    # 6 x 4 B each, sources 6 B, lang 1 x 4 x 4 B, per episode start 8 + length 4 +
+    # instruction 4 + success 1.
+    assert buf.nbytes == 96 + 48 + 96 + 6 + 16 + 2 * 17
     assert buffer().summary()["success_rate"] is None
 
 

@@ -1,5 +1,6 @@
 """Offline RL runs: exact resume after a kill, checkpoint layout, clear errors."""
 
+import dataclasses
 import json
 
 import pytest
@@ -10,10 +11,10 @@ from lwd.policy.checkpoint import load_policy
 from tests.learner.conftest import CFG, PCFG, FakeEncoder
 
 
-def losses(setup, out, **kw):
+def losses(setup, out, cfg=CFG, **kw):
     traj = []
     summary = train_offline(
-        CFG,
+        cfg,
         setup / "data",
         setup / "sft",
         out,
@@ -25,9 +26,11 @@ def losses(setup, out, **kw):
     return traj, summary
 
 
-def test_killed_run_resumes_exactly(setup, tmp_path):
-    full, _ = losses(setup, tmp_path / "full")
-    first, s1 = losses(setup, tmp_path / "cut", stop_after=6)  # "killed" after step 6 ...
+@pytest.mark.parametrize("reference", ["frozen", "bc"])
+def test_killed_run_resumes_exactly(setup, tmp_path, reference):
+    cfg = dataclasses.replace(CFG, agent=dataclasses.replace(CFG.agent, reference=reference))
+    full, _ = losses(setup, tmp_path / "full", cfg)
+    first, s1 = losses(setup, tmp_path / "cut", cfg, stop_after=6)  # "killed" after step 6 ...
     assert s1["steps"] == 6
     assert latest_checkpoint(tmp_path / "cut").name == "step-0000006"
     # ... but the last complete checkpoint written before the kill is at step 4: drop step 6
@@ -36,7 +39,7 @@ def test_killed_run_resumes_exactly(setup, tmp_path):
 
     shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step-0000006")
     (tmp_path / "cut" / "LATEST").write_text("step-0000004")
-    rest, s2 = losses(setup, tmp_path / "cut")
+    rest, s2 = losses(setup, tmp_path / "cut", cfg)
     assert s2["resumed_from"] == 4
     resumed = first[:4] + rest
     assert [r[0] for r in resumed] == list(range(1, 13))

@@ -25,6 +25,11 @@ episode, ``m = min(nH, T - t)``)::
     discount   = gamma^{nH} if t + nH < T else 0   (every episode end is terminal)
     next_state = s_{min(t + nH, T)}
     actions    = a_{t..t+H-1}, past the end the last action repeats (lwd.data.windows)
+
+With ``takeover_as_failure`` an autonomous step's window also ends where the operator takes
+over (the first intervention step after an autonomous one, at ``j``): ``m = min(nH, T - t,
+j - t)`` and no bootstrap if ``j - t <= nH``, as if the policy's attempt had failed there.
+[choice, not the paper's: see ``OnlineConfig.takeover_as_failure``.]
 """
 
 from __future__ import annotations
@@ -97,6 +102,8 @@ class ReplayBuffer:
         encoder: embeds instructions, ``encode(list[str]) -> (N, L) float32``; share one
             encoder between buffers that are mixed.
         online: the value of ``Batch.online`` for every sample of this buffer.
+        takeover_as_failure: end an autonomous step's return at the operator's next takeover,
+            with no bootstrap (see the module docstring).
 
     Episodes with the same ``episode_id`` as a stored one are skipped, so adding overlapping
     snapshots never counts an episode twice.
@@ -110,6 +117,7 @@ class ReplayBuffer:
         encoder: TextEncoder,
         *,
         online: bool = False,
+        takeover_as_failure: bool = False,
     ) -> None:
         if horizon < 1:
             raise ValueError(f"horizon (chunk length H) must be >= 1, got {horizon}")
@@ -127,6 +135,7 @@ class ReplayBuffer:
         self.gamma = float(gamma)
         self.encoder = encoder
         self.online = bool(online)
+        self.takeover_as_failure = bool(takeover_as_failure)
         span = self.n_step * self.horizon
         self._span = span
         self._powers = self.gamma ** np.arange(span, dtype=np.float64)  # (nH,)
@@ -139,6 +148,7 @@ class ReplayBuffer:
         self._sources = _Column((), np.uint8)
         self._versions = _Column((), np.int32)
         self._step_episode = _Column((), np.int32)
+        self._to_takeover = _Column((), np.int32)  # steps to the operator's next takeover
         self._ep_start = _Column((), np.int64)  # first step (action row) of each episode
         self._ep_len = _Column((), np.int32)
         self._ep_instruction = _Column((), np.int32)
@@ -206,6 +216,7 @@ class ReplayBuffer:
                 self._image_shape = tuple(first.images.shape[1:])
                 self._images = _Column(self._image_shape, np.uint8)
         per_step = [self._actions, self._rewards, self._sources, self._versions, self._step_episode]
+        per_step.append(self._to_takeover)
         for column in per_step:
             column.reserve(steps)
         for column in [self._states] + ([self._images] if self._images is not None else []):
@@ -226,6 +237,7 @@ class ReplayBuffer:
             self._sources.extend(ep.sources)
             self._versions.extend(ep.policy_versions)
             self._step_episode.extend(np.full(ep.num_steps, first_index + offset, np.int32))
+            self._to_takeover.extend(steps_to_takeover(ep.sources))
             if self._images is not None:
                 self._images.extend(ep.images)
             self._source_steps += np.bincount(ep.sources, minlength=len(Source))
@@ -368,9 +380,12 @@ class ReplayBuffer:
         start = self._ep_start.data[episode]
         step = flat - start
         left = self._ep_len.data[episode].astype(np.int64) - step  # steps from t to the end, >= 1
+        chunk_left = left
+        if self.takeover_as_failure:  # the attempt "ends" at the takeover (autonomous steps only)
+            left = np.minimum(left, self._to_takeover.data[flat].astype(np.int64))
         # Each episode has one more state row than actions: its states start at start + episode.
         state_row = flat + episode
-        chunk = flat[:, None] + np.minimum(np.arange(self.horizon), left[:, None] - 1)  # (B, H)
+        chunk = flat[:, None] + np.minimum(np.arange(self.horizon), chunk_left[:, None] - 1)
         k = np.arange(self._span)  # (nH,)
         window = flat[:, None] + np.minimum(k, left[:, None] - 1)  # (B, nH)
         weights = np.where(k < left[:, None], self._powers, 0.0)  # (B, nH)
@@ -448,6 +463,7 @@ class ReplayBuffer:
     def _columns(self) -> list[_Column]:
         columns = [self._states, self._actions, self._images, self._lang]
         columns += [self._rewards, self._sources, self._versions, self._step_episode]
+        columns.append(self._to_takeover)
         columns += [self._ep_start, self._ep_len, self._ep_instruction, self._ep_success]
         return [c for c in columns if c is not None]
 
@@ -482,6 +498,28 @@ class ReplayBuffer:
             "gamma": self.gamma,
             "nbytes": self.nbytes,
         }
+
+
+_NO_TAKEOVER = np.iinfo(np.int32).max
+
+
+def steps_to_takeover(sources: np.ndarray) -> np.ndarray:
+    """``(T,)`` int32: for an autonomous step ``t``, ``j - t`` with ``j`` the first takeover after
+    ``t`` (an intervention step right after an autonomous one); otherwise a huge number.
+
+    Example: sources ``[A, A, I, I, A, D]`` -> ``[2, 1, big, big, big, big]``.
+    """
+    sources = np.asarray(sources)
+    n = len(sources)
+    out = np.full(n, _NO_TAKEOVER, dtype=np.int64)
+    auto = sources == Source.AUTONOMOUS
+    takeover = np.zeros(n, dtype=bool)
+    takeover[1:] = (sources[1:] == Source.INTERVENTION) & auto[:-1]
+    starts = np.flatnonzero(takeover)
+    k = np.searchsorted(starts, np.arange(n))  # the first takeover at or after t
+    has = auto & (k < len(starts))
+    out[has] = starts[k[has]] - np.flatnonzero(has)
+    return out.astype(np.int32)
 
 
 def _to_batch(arrays: dict[str, np.ndarray | None], device: str | torch.device) -> Batch:

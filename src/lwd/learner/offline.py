@@ -64,7 +64,9 @@ def latest_checkpoint(out: str | Path) -> Path | None:
 def save_agent(directory: Path, agent: Agent, np_rng: np.random.Generator, extra: dict) -> None:
     """Everything needed to resume ``agent`` exactly, into ``directory``."""
     save_policy(directory / "policy", agent.policy, extra=extra)
-    save_policy(directory / "reference", agent.reference, extra={"role": "frozen reference"})
+    save_policy(directory / "reference", agent.reference, extra={"role": "reference"})
+    if agent.reference_bc is not None:
+        save_policy(directory / "reference_bc", agent.reference_bc, extra={"role": "BC flow"})
     for name in ("value", "critic", "target_critic"):
         save_module_weights(directory / f"{name}.safetensors", getattr(agent, name))
     save_training_state(
@@ -93,6 +95,10 @@ def load_agent(
     agent.policy.load_state_dict(saved.state_dict())
     ref = load_policy(directory / "reference")
     agent.reference.load_state_dict(ref.state_dict())
+    if agent.reference_bc is not None:  # a run that starts from a frozen-reference one: f_ref
+        bc_dir = directory / "reference_bc"
+        bc = load_policy(bc_dir) if bc_dir.is_dir() else ref
+        agent.reference_bc.load_state_dict(bc.state_dict())
     for name in ("value", "critic", "target_critic"):
         load_module_weights(directory / f"{name}.safetensors", getattr(agent, name))
     if not training_state:

@@ -182,7 +182,14 @@ class OnlineLearner:
         self.offline = build_offline_replay(
             offline_cfg, Path(offline_data), encoder, horizon, known_tasks
         )
-        self.online = ReplayBuffer(horizon, cfg.n_step, cfg.gamma, encoder, online=True)
+        self.online = ReplayBuffer(
+            horizon,
+            cfg.n_step,
+            cfg.gamma,
+            encoder,
+            online=True,
+            takeover_as_failure=cfg.takeover_as_failure,
+        )
         self.replay = MixedReplay(self.offline, self.online, cfg.online_fraction)
         self.rng = np.random.default_rng(cfg.seed)
         self.snapshots: list[tuple[int, int]] = []  # (update, version) in the order added
