@@ -78,6 +78,18 @@ def make_episode(
     return dataclasses.replace(ep, **overrides) if overrides else ep
 
 
+def assert_same_episode(a: Episode, b: Episode) -> None:
+    """Every field equal; arrays equal in dtype, shape and every bit."""
+    for f in dataclasses.fields(Episode):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, np.ndarray):
+            assert isinstance(y, np.ndarray), f.name
+            assert (x.dtype, x.shape) == (y.dtype, y.shape), f.name
+            assert x.tobytes() == y.tobytes(), f.name
+        else:
+            assert x == y and type(x) is type(y), f.name
+
+
 @pytest.fixture(name="make_episode")
 def _make_episode_fixture():
     """The :func:`make_episode` factory, for tests that prefer fixtures to imports."""

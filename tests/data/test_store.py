@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import assert_same_episode
 
 from lwd.data import (
     EpisodeConflictError,
@@ -20,21 +21,9 @@ from lwd.data import (
     read_episode,
     write_episode,
 )
-from lwd.types import Episode, Source
+from lwd.types import Source
 
 TASKS = ("open-drawer", "close-window")
-
-
-def assert_same_episode(a: Episode, b: Episode) -> None:
-    """Every field equal; arrays equal in dtype, shape and every bit."""
-    for f in dataclasses.fields(Episode):
-        x, y = getattr(a, f.name), getattr(b, f.name)
-        if isinstance(x, np.ndarray):
-            assert isinstance(y, np.ndarray), f.name
-            assert (x.dtype, x.shape) == (y.dtype, y.shape), f.name
-            assert x.tobytes() == y.tobytes(), f.name
-        else:
-            assert x == y and type(x) is type(y), f.name
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import dataclasses
 import msgpack
 import numpy as np
 import pytest
+from conftest import assert_same_episode
 
 from lwd.fleet.wire import (
     EPISODE_FORMAT,
@@ -19,18 +20,6 @@ from lwd.fleet.wire import (
     unpack_array,
 )
 from lwd.types import Episode, Source
-
-
-def assert_same_episode(a: Episode, b: Episode) -> None:
-    """Every field equal; arrays equal in dtype, shape and every bit."""
-    for f in dataclasses.fields(Episode):
-        x, y = getattr(a, f.name), getattr(b, f.name)
-        if isinstance(x, np.ndarray):
-            assert isinstance(y, np.ndarray), f.name
-            assert (x.dtype, x.shape) == (y.dtype, y.shape), f.name
-            assert x.tobytes() == y.tobytes(), f.name
-        else:
-            assert x == y and type(x) is type(y), f.name
 
 
 def _body(ep: Episode) -> dict:

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from lwd.durable import fsync_dir
+from lwd.durable import write_atomic
 from lwd.types import Episode
 
 #: Bumped when the file layout changes; readers refuse versions they do not know.
@@ -142,18 +140,9 @@ def write_episode(ep: Episode, path: str | Path) -> Path:
         ``path`` as a :class:`Path`.
     """
     path = Path(path)
-    table = episode_table(ep)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            pq.write_table(table, f, compression="zstd", write_page_checksum=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    buf = io.BytesIO()
+    pq.write_table(episode_table(ep), buf, compression="zstd", write_page_checksum=True)
+    write_atomic(path, buf.getvalue())
     return path
 
 
