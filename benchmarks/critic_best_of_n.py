@@ -50,6 +50,7 @@ def main() -> None:
         "--tasks", nargs="+", default=["open-drawer", "close-window", "move-cube", "press-center"]
     )
     p.add_argument("--episodes", type=int, default=30, help="per task")
+    p.add_argument("--name", default="critic_best_of_n", help="result file name")
     p.add_argument("--quick", action="store_true", help="2 episodes per task, N = 4 (a smoke test)")
     args = p.parse_args()
     if args.quick:
@@ -109,7 +110,7 @@ def main() -> None:
         )
     metrics["gain"] = metrics[f"best_of_{args.n}_avg"] - metrics["best_of_1_avg"]
     write_result(
-        "critic_best_of_n_quick" if args.quick else "critic_best_of_n",
+        f"{args.name}_quick" if args.quick else args.name,
         metrics,
         {
             "checkpoint": args.checkpoint,

@@ -87,8 +87,23 @@ def parse() -> argparse.Namespace:
     build.add_argument("--actor-warmup", type=int, default=500)
     build.add_argument("--lam", type=float, default=0.1, help="QAM temperature (Q in [0, 1])")
     build.add_argument("--n-step", type=int, default=10)
+    p.add_argument(
+        "--name",
+        help="result file name (default: fleet_online for the full table, else one naming the "
+        "methods and variant, so a partial or variant run never overwrites the table)",
+    )
     p.add_argument("--quick", action="store_true", help="1 seed, tiny everything (a smoke test)")
     args = p.parse_args()
+    if args.name is None:
+        parts = ["fleet_online"]
+        if set(args.methods) != set(ONLINE):
+            parts += args.methods
+        if args.reference != "frozen":
+            parts.append(f"reference_{args.reference}")
+        if args.takeover_as_failure:
+            parts.append("takeover_as_failure")
+        parts += ["quick"] if args.quick else []
+        args.name = "_".join(parts)
     if args.quick:
         args.seeds, args.rounds, args.robot_hours, args.robots = [0], 2, 0.02, 4
         args.updates, args.batch_size, args.eval_episodes = 10, 64, 1
@@ -410,7 +425,7 @@ def main() -> None:
 
     metrics, rows = summarize(reports, histories)
     bench.console.print(table(rows, len(args.seeds)))
-    name = "fleet_online_quick" if args.quick else "fleet_online"
+    name = args.name
     details = dict(
         seeds=args.seeds,
         methods=methods,

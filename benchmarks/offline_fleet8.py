@@ -2,8 +2,11 @@
 
     python benchmarks/offline_fleet8.py [--data runs/fleet8_data] [--seeds 0 1 2] [--quick]
 
-For each seed: SFT (flow BC on demos) -> the same SFT checkpoint starts every offline method
-(same data, same steps) -> every policy is evaluated with the fixed protocol. Methods:
+For each seed: SFT (flow BC on demos) -> optionally its deployment record (``--deploy-episodes
+N``: N unassisted rollouts of that SFT per task, added to a per-seed copy of the data: the
+failures of the policy's own actions that a critic needs; the result is then
+``offline_fleet8_deployN.json``) -> the same SFT checkpoint starts every offline
+method (same data, same steps) -> every policy is evaluated with the fixed protocol. Methods:
 ``lwd`` (DIVL adaptive tau + QAM), ``expectile`` (IQL value + QAM), ``constant_tau`` (DIVL with
 tau fixed at tau_base + QAM), ``fql`` (DIVL + FQL one-step extraction). Runs are separate
 ``lwd`` processes (1 torch thread each), ``--parallel`` at a time. Reported: per-task success
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -26,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from result_file import RESULTS, setup_process, write_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+DEPLOY_SEED_BASE = 1  # scripted data use seed 0: the deployments start from other situations
 METHODS = {
     "lwd_offline": "agent-default",
     "expectile": "agent-expectile",
@@ -51,6 +56,13 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--demos-per-task", type=int, default=24)
+    p.add_argument(
+        "--deploy-episodes",
+        type=int,
+        default=0,
+        help="unassisted rollouts of each seed's SFT per task, added to a copy of the data "
+        "(0: scripted data only, as the committed table)",
+    )
     p.add_argument("--width", type=int, default=256, help="policy, critic and value width")
     p.add_argument("--sft-steps", type=int, default=4000)
     p.add_argument("--steps", type=int, default=2500, help="offline RL updates per run")
@@ -63,7 +75,7 @@ def main() -> None:
     args = p.parse_args()
     if args.quick:
         args.seeds, args.sft_steps, args.steps, args.eval_episodes = [0], 50, 10, 1
-        args.actor_warmup = 5
+        args.actor_warmup, args.deploy_episodes = 5, 1
         args.out += "_quick"
     setup_process()
     from rich.console import Console
@@ -113,13 +125,40 @@ def main() -> None:
             )
         return evaluate(ckpt, out / f"sft_s{seed}.json")
 
+    def deployed_data(seed: int) -> str:
+        """The offline data plus the seed's SFT deployment record (built once, then reused)."""
+        if args.deploy_episodes == 0:
+            return args.data
+        data = out / f"data_s{seed}"
+        if not (data / "index.sqlite").is_file():
+            tmp = out / f"data_s{seed}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(args.data, tmp)
+            lwd(
+                "data",
+                "generate",
+                "--out",
+                str(tmp),
+                "--policy",
+                str(out / f"sft_s{seed}"),
+                "--episodes",
+                str(args.deploy_episodes),
+                "--seed",
+                str(DEPLOY_SEED_BASE + seed),
+                "--workers",
+                "1",
+                log=log,
+            )
+            tmp.rename(data)
+        return str(data)
+
     def offline(method: str, seed: int) -> dict:
         run = out / f"{method}_s{seed}"
         lwd(
             "train",
             "offline",
             "--data",
-            args.data,
+            datas[seed],
             "--init",
             str(out / f"sft_s{seed}"),
             "--out",
@@ -149,6 +188,7 @@ def main() -> None:
         for seed, rep in zip(args.seeds, pool.map(sft, args.seeds), strict=True):
             reports["sft"][seed] = rep
             console.print(f"[{time.time() - t0:6.0f}s] sft seed {seed}: {rep['avg_success']:.2f}")
+        datas = dict(zip(args.seeds, pool.map(deployed_data, args.seeds), strict=True))
         jobs = {(m, s): pool.submit(offline, m, s) for s in args.seeds for m in args.methods}
         for (m, s), fut in jobs.items():
             reports[m][s] = fut.result()
@@ -189,7 +229,8 @@ def main() -> None:
     table.add_row("score", *[f"{metrics[m + '_score_avg']:.2f}" for m in reports])
     console.print(table)
 
-    name = "offline_fleet8_quick" if args.quick else "offline_fleet8"
+    name = "offline_fleet8" + (f"_deploy{args.deploy_episodes}" if args.deploy_episodes else "")
+    name += "_quick" if args.quick else ""
     write_result(
         name,
         metrics,
@@ -203,6 +244,7 @@ def main() -> None:
             n_step=args.n_step,
             eval_episodes_per_task=args.eval_episodes,
             demos_per_task=args.demos_per_task,
+            deploy_episodes_per_task=args.deploy_episodes,
             data=args.data,
             seconds=time.time() - t0,
             methods=METHODS,

@@ -68,6 +68,8 @@ def cmd_data_generate(args) -> int:
         seed=args.seed,
         workers=args.workers,
         robots=args.robots,
+        tasks=tuple(args.tasks or ()),
+        policy=args.policy or "",
     )
     with _progress("generating episodes") as bar:
         tid = bar.add_task("gen", total=None, info="")
@@ -295,6 +297,7 @@ def cmd_eval(args) -> int:
 
     cfg = EvalConfig(
         suite=args.suite,
+        tasks=tuple(args.tasks or ()),
         episodes_per_task=args.episodes,
         seed=args.seed,
         perturb=not args.no_perturb,
@@ -348,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--workers", type=int, default=2)
     g.add_argument("--robots", type=int, default=8, help="simulated robots in the pool")
+    g.add_argument("--tasks", nargs="*", help="only these tasks of the suite")
+    g.add_argument(
+        "--policy",
+        help="instead of scripted data, unassisted rollouts of this checkpoint (its deployment "
+        "record; use a --seed other than the scripted data's)",
+    )
     g.set_defaults(func=cmd_data_generate)
     i = data.add_parser("info", help="summarise an episode store")
     i.add_argument("dir")
@@ -395,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a policy with the fixed protocol")
     e.add_argument("--policy", required=True, help="checkpoint directory, or 'operator'")
     e.add_argument("--suite", default="fleet8")
+    e.add_argument("--tasks", nargs="*", help="only these tasks (their seeds stay the same)")
     e.add_argument("--episodes", type=int, default=20, help="episodes per task")
     e.add_argument("--seed", type=int, default=1000)
     e.add_argument("--workers", type=int, default=2)

@@ -37,3 +37,25 @@ def test_data_sft_eval_through_the_cli(workdir, capsys):
     assert main(_sft(data, ckpt, steps="8")) == 2
     assert "different config" in capsys.readouterr().err
     assert (ckpt / "model.safetensors").is_file()
+
+
+def test_policy_rollouts_join_the_store_as_the_policys_autonomous_episodes(workdir):
+    """`data generate --policy` records unassisted deployments of a checkpoint."""
+    from lwd.data.store import EpisodeStore
+    from lwd.types import Source
+
+    data, ckpt = workdir / "data", workdir / "sft"  # made by the test above
+    if not (ckpt / "config.json").is_file():
+        pytest.skip("needs test_data_sft_eval_through_the_cli's checkpoint")
+    before = set(EpisodeStore(data).episode_ids())
+    args = ["data", "generate", "--out", str(data), "--episodes", "2", "--seed", "7",
+            "--tasks", "press-center", "open-drawer", "--policy", str(ckpt)]  # fmt: skip
+    assert main(args) == 0
+    store = EpisodeStore(data)
+    new = [store.get(i) for i in set(store.episode_ids()) - before]
+    assert sorted(ep.task for ep in new) == ["open-drawer"] * 2 + ["press-center"] * 2
+    for ep in new:
+        assert (ep.sources == Source.AUTONOMOUS).all()
+        assert (ep.policy_versions == 1).all()  # the SFT checkpoint records no version: 1
+        assert ep.rewards.sum() == float(ep.success)
+    assert main(["data", "generate", "--out", str(data), "--policy", str(workdir)]) == 2

@@ -19,12 +19,9 @@ def setup(init: dict):
     torch.set_num_threads(1)  # one process per core; threads would only fight each other
     runner = None
     if init["policy"] != OPERATOR:
-        from lwd.policy.checkpoint import load_policy, read_checkpoint_config
-        from lwd.policy.flow import FlowPolicyRunner
+        from lwd.policy.checkpoint import load_runner
 
-        policy = load_policy(init["policy"])
-        version = int(read_checkpoint_config(init["policy"]).get("extra", {}).get("version", 1))
-        runner = FlowPolicyRunner(policy, version=version, seed=0)
+        runner = load_runner(init["policy"])
     robots: dict[tuple[int, bool], SimRobot] = {}
     pool = EnvPool()
 

@@ -4,6 +4,10 @@ Per task: demonstrations (about half), rollouts of a weak scripted policy (succe
 labelled by outcome), and play (labelled unsuccessful). Episodes come from a pool of perturbed
 simulated robots and are written into an :class:`~lwd.data.store.EpisodeStore` by parallel worker
 processes.
+
+With ``policy`` set, every episode is instead an unassisted rollout of that checkpoint: the record
+of a prior deployment of the policy, which is what gives a critic failures of the policy's own
+actions to learn from (scripted data alone are nearly all successes or play).
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lwd.data.store import EpisodeStore
+from lwd.policy.checkpoint import load_runner
 from lwd.sim.operator import ScriptedOperator
 from lwd.sim.robot import EnvPool, Perturbation, SimRobot
-from lwd.sim.rollout import scripted_episode
+from lwd.sim.rollout import policy_episode, scripted_episode
 from lwd.sim.tasks import get_suite, get_task, task_names
 from lwd.types import Source
 from lwd.workers import run_jobs, serve
@@ -23,6 +28,7 @@ KINDS = {
     "demo": ("demonstrator", Source.DEMO),
     "weak": ("weak", Source.AUTONOMOUS),
     "play": ("player", Source.PLAY),
+    "deploy": (None, Source.AUTONOMOUS),  # the checkpoint acts alone, no operator
 }
 
 
@@ -48,6 +54,8 @@ class GenerateConfig:
     """Base seed; job i uses seed (seed, i)."""
     workers: int = 2
     """Parallel worker processes."""
+    policy: str = ""
+    """A policy checkpoint: generate only its unassisted rollouts (its deployment record)."""
 
 
 def plan_jobs(cfg: GenerateConfig) -> list[dict]:
@@ -67,7 +75,10 @@ def plan_jobs(cfg: GenerateConfig) -> list[dict]:
     for task in names:
         if cfg.tasks and task not in cfg.tasks:
             continue
-        kinds = ["demo"] * n_demo + ["weak"] * n_weak + ["play"] * (n - n_demo - n_weak)
+        if cfg.policy:
+            kinds = ["deploy"] * n
+        else:
+            kinds = ["demo"] * n_demo + ["weak"] * n_weak + ["play"] * (n - n_demo - n_weak)
         for i, kind in enumerate(kinds):
             idx = len(jobs)
             jobs.append(
@@ -90,9 +101,16 @@ def generate(cfg: GenerateConfig, out: str | Path, progress=None) -> dict:
     ``progress(done, total, result)`` is called after every episode if given.
     """
     get_suite(cfg.suite)  # fail early on a bad suite name
+    if cfg.policy and not (Path(cfg.policy) / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{cfg.policy} is not a policy checkpoint (no config.json); pass the directory "
+            f"written by `lwd train sft` (or an offline run's OUT/policy)"
+        )
     store = EpisodeStore(out, known_tasks=task_names(cfg.suite))
     jobs = plan_jobs(cfg)
     init = {"store": str(Path(out).resolve()), "suite": cfg.suite}
+    if cfg.policy:
+        init["policy"] = str(Path(cfg.policy).resolve())
     for done, result in enumerate(run_jobs("lwd.sim.generate", jobs, cfg.workers, init), 1):
         if progress is not None:
             progress(done, len(jobs), result)
@@ -102,6 +120,7 @@ def generate(cfg: GenerateConfig, out: str | Path, progress=None) -> dict:
 
 def _worker_setup(init: dict):
     store = EpisodeStore(init["store"], known_tasks=task_names(init["suite"]))
+    runner = load_runner(init["policy"]) if "policy" in init else None
     robots: dict[int, SimRobot] = {}
     pool = EnvPool()
 
@@ -113,9 +132,13 @@ def _worker_setup(init: dict):
         robot = robots[key]
         task = get_task(job["task"], job["suite"])
         role, source = KINDS[job["kind"]]
-        operator = ScriptedOperator(robot, role, seed=job["seed"])
         instruction = task.instructions[job["paraphrase"] % len(task.instructions)]
-        ep = scripted_episode(robot, operator, task, job["seed"], source, instruction)
+        if role is None:
+            runner.reseed(job["seed"])
+            ep = policy_episode(robot, runner, task, job["seed"], None, instruction)
+        else:
+            operator = ScriptedOperator(robot, role, seed=job["seed"])
+            ep = scripted_episode(robot, operator, task, job["seed"], source, instruction)
         episode_id = store.put(ep)
         return dict(
             task=task.name,
