@@ -77,3 +77,15 @@ def test_report_known_answers(fleet, tmp_path):
     console.print(report_table(report), latency_table(report), render(fleet, 60, 900))
     text = console.export_text()
     assert "open-drawer" in text and "25% (4)" in text and "policy published" in text
+
+
+def test_a_fleet_too_big_for_the_memory_is_refused_before_it_starts():
+    from lwd.config import preset
+    from lwd.demo.run import ROBOT_MB, check_memory
+
+    light = preset("demo-light")
+    with pytest.raises(ValueError, match=r"64 simulated robots need .* run at most --robots 54"):
+        check_memory(light, available=24_000.0)
+    check_memory(light, available=64 * ROBOT_MB / 0.9 + 1)  # fits: no error
+    check_memory(dataclasses.replace(light, robots=4), available=24_000.0)
+    check_memory(light, available=None)  # unknown (not Linux): no check

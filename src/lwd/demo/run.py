@@ -125,8 +125,38 @@ def evaluate_start_and_final(
     return result
 
 
+ROBOT_MB = 400
+"""Resident memory of one simulated robot: each holds its own OGBench environments (measured: a
+host process of 32 robots reached 11.8 GB before the kernel killed it on a 24 GB machine)."""
+
+
+def available_mb() -> float | None:
+    """``MemAvailable`` from /proc/meminfo, or None where there is none (not Linux)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(cfg: DemoConfig, available: float | None) -> None:
+    """Refuse a fleet this machine cannot hold, before anything starts (not after an OOM kill)."""
+    need = cfg.robots * ROBOT_MB
+    if available is not None and need > 0.9 * available:
+        fits = max(1, int(0.9 * available / ROBOT_MB))
+        raise ValueError(
+            f"{cfg.robots} simulated robots need about {need / 1024:.1f} GB "
+            f"({ROBOT_MB} MB each: every robot holds its own MuJoCo environments) but "
+            f"{available / 1024:.1f} GB is available; run at most --robots {fits} here"
+        )
+
+
 def run_demo(cfg: DemoConfig, out: Path, workers: int = 2, port: int | None = None) -> dict:
     """Build the start, run the fleet for ``cfg.minutes``, evaluate, report; returns the report."""
+    check_memory(cfg, available_mb())
     console = Console()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
