@@ -188,6 +188,12 @@ def write_report(report: dict, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def save(fig, path: Path) -> Path:
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "report.json"]
     paths[0].write_text(json.dumps(report, indent=2, default=float))
@@ -199,10 +205,7 @@ def write_report(report: dict, out: Path) -> list[Path]:
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    paths.append(out / "success_vs_robot_hours.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save(fig, out / "success_vs_robot_hours.png"))
 
     fig, ax = plt.subplots(figsize=(7, 3))
     iv = report["intervention_over_time"]
@@ -210,10 +213,7 @@ def write_report(report: dict, out: Path) -> list[Path]:
     ax.set(xlabel="minutes", ylabel="episodes with an intervention")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    paths.append(out / "intervention_rate.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save(fig, out / "intervention_rate.png"))
 
     fig, ax = plt.subplots(figsize=(7, 3))
     names = list(report["latency"])
@@ -228,8 +228,5 @@ def write_report(report: dict, out: Path) -> list[Path]:
     ax.set_yticks(range(len(names)), [n.replace("_", " ") for n in names])
     ax.set(xlabel="seconds")
     ax.legend()
-    paths.append(out / "data_plane_latency.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save(fig, out / "data_plane_latency.png"))
     return paths

@@ -48,7 +48,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -101,6 +101,38 @@ class Heartbeat(BaseModel):
 
 class _TooLarge(Exception):
     pass
+
+
+async def _read_upload(
+    request: Request,
+    media_types: tuple[str, ...],
+    limit: int,
+    *,
+    what: str,
+    type_hint: str,
+    size_hint: str = "",
+    rejected: Callable[[str], None] | None = None,
+) -> bytearray:
+    """An upload's body: 415 unless its Content-Type is one of ``media_types``, 413 over
+    ``limit`` bytes; ``rejected(reason)`` is told of either."""
+    if _media_type(request) not in media_types:
+        if rejected is not None:
+            rejected("unsupported_media_type")
+        raise _error(
+            415,
+            f"{what} uploads must be Content-Type {media_types[0]}, got "
+            f"{request.headers.get('content-type')!r} ({type_hint})",
+        )
+    try:
+        return await _read_body(request, limit)
+    except _TooLarge as exc:
+        if rejected is not None:
+            rejected("too_large")
+        raise _error(
+            413,
+            f"{what} upload of {exc.args[0]} bytes exceeds the server's limit of {limit} "
+            f"bytes{size_hint}",
+        ) from None
 
 
 @dataclass
@@ -250,22 +282,15 @@ def create_app(
 
     @app.post("/v1/episodes", status_code=201)
     async def upload_episode(request: Request) -> dict:
-        if _media_type(request) not in MSGPACK_TYPES:
-            fleet.monitor.record_rejection("unsupported_media_type")
-            raise _error(
-                415,
-                f"episode uploads must be Content-Type application/msgpack, got "
-                f"{request.headers.get('content-type')!r} (encode with lwd.fleet.wire)",
-            )
-        try:
-            body = await _read_body(request, fleet.max_episode_bytes)
-        except _TooLarge as exc:
-            fleet.monitor.record_rejection("too_large")
-            raise _error(
-                413,
-                f"episode payload of {exc.args[0]} bytes exceeds the server's limit of "
-                f"{fleet.max_episode_bytes} bytes; record shorter episodes or smaller images",
-            ) from None
+        body = await _read_upload(
+            request,
+            MSGPACK_TYPES,
+            fleet.max_episode_bytes,
+            what="episode",
+            type_hint="encode with lwd.fleet.wire",
+            size_hint="; record shorter episodes or smaller images",
+            rejected=fleet.monitor.record_rejection,
+        )
         episode_id, stored = await run_in_threadpool(ingest, body)
         return {"episode_id": episode_id, "stored": stored}
 
@@ -323,20 +348,13 @@ def create_app(
     # ---------------------------------------------------------------------------- policies
     @app.post("/v1/policies", status_code=201)
     async def publish_policy(request: Request) -> dict:
-        if _media_type(request) not in TAR_TYPES:
-            raise _error(
-                415,
-                f"policy uploads must be Content-Type application/x-tar, got "
-                f"{request.headers.get('content-type')!r} (send PolicyRegistry.archive bytes)",
-            )
-        try:
-            body = await _read_body(request, fleet.max_policy_bytes)
-        except _TooLarge as exc:
-            raise _error(
-                413,
-                f"policy archive of {exc.args[0]} bytes exceeds the server's limit of "
-                f"{fleet.max_policy_bytes} bytes",
-            ) from None
+        body = await _read_upload(
+            request,
+            TAR_TYPES,
+            fleet.max_policy_bytes,
+            what="policy",
+            type_hint="send PolicyRegistry.archive bytes",
+        )
         try:
             version = await run_in_threadpool(fleet.registry.publish_archive, body)
         except InvalidArchiveError as exc:
