@@ -61,36 +61,19 @@ def main() -> None:
     from lwd.config import EvalConfig
     from lwd.eval.evaluator import _ROBOT_SEED_BASE, plan_episodes
     from lwd.policy.flow import FlowPolicyRunner
+    from lwd.policy.ranker import BestOfN
     from lwd.sim.robot import EnvPool, Perturbation, SimRobot
     from lwd.sim.rollout import policy_episode
     from lwd.sim.tasks import get_task
-    from lwd.types import ActionChunk
 
     torch.set_num_threads(1)
     agent, reference = load_agent_checkpoint(Path(args.checkpoint))
 
-    class BestOfN(FlowPolicyRunner):
-        def __init__(self, n: int) -> None:
-            super().__init__(reference, version=1, seed=0)
-            self.n = n
-
-        def infer_batch(self, observations):
-            out = []
-            for o in observations:
-                s = np.repeat(np.asarray(o.state, np.float32)[None], self.n, 0)
-                lang = np.repeat(self._embed(o.instruction)[None], self.n, 0)
-                with torch.no_grad():
-                    a = self.policy.sample(s, lang, generator=self._generator)
-                    s_n = self.policy.normalizer.normalize_state(torch.as_tensor(s))
-                    q = agent.target_critic(s_n, torch.as_tensor(lang), a, None).mean(0)
-                best = a[int(q.argmax())].numpy().astype(np.float32)
-                out.append(ActionChunk(actions=best, version=1))
-            return out
-
     jobs = plan_episodes(EvalConfig(tasks=tuple(args.tasks), episodes_per_task=args.episodes))
     robots, pool, metrics = {}, EnvPool(), {}
     for n in (1, args.n):
-        runner, wins, t0 = BestOfN(n), {}, time.time()
+        ranked = BestOfN(reference, agent.target_critic, n)  # n = 1: the reference alone
+        runner, wins, t0 = FlowPolicyRunner(ranked, version=1, seed=0), {}, time.time()
         for job in jobs:
             key = job["robot"]
             if key not in robots:

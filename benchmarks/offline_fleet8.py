@@ -9,8 +9,11 @@ failures of the policy's own actions that a critic needs; the result is then
 method (same data, same steps) -> every policy is evaluated with the fixed protocol. Methods:
 ``lwd`` (DIVL adaptive tau + QAM), ``expectile`` (IQL value + QAM), ``constant_tau`` (DIVL with
 tau fixed at tau_base + QAM), ``fql`` (DIVL + FQL one-step extraction). Runs are separate
-``lwd`` processes (1 torch thread each), ``--parallel`` at a time. Reported: per-task success
-(step-wise score on long tasks in the JSON) and the average, mean +- standard error over seeds.
+``lwd`` processes (1 torch thread each), ``--parallel`` at a time. ``--best-of-n N``: the RL
+methods act with the best of N samples under their own critic (lwd.policy.ranker), and
+lwd_offline is evaluated with one sample as well (``lwd_offline_single``); the result name gains
+``_bonN``. Reported: per-task success (step-wise score on long tasks in the JSON) and the
+average, mean +- standard error over seeds.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from result_file import RESULTS, setup_process, write_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY_SEED_BASE = 1  # scripted data use seed 0: the deployments start from other situations
+SINGLE = ("--best-of-n", "1")  # evaluate a best-of-N checkpoint with one sample
 METHODS = {
     "lwd_offline": "agent-default",
     "expectile": "agent-expectile",
@@ -63,6 +67,13 @@ def main() -> None:
         help="unassisted rollouts of each seed's SFT per task, added to a copy of the data "
         "(0: scripted data only, as the committed table)",
     )
+    p.add_argument(
+        "--best-of-n",
+        type=int,
+        default=1,
+        help="RL methods act with the best of N flow samples under their critic (1: off); "
+        "with N > 1, lwd_offline is also evaluated with one sample (row lwd_offline_single)",
+    )
     p.add_argument("--width", type=int, default=256, help="policy, critic and value width")
     p.add_argument("--sft-steps", type=int, default=4000)
     p.add_argument("--steps", type=int, default=2500, help="offline RL updates per run")
@@ -87,7 +98,7 @@ def main() -> None:
     console = Console()
     t0 = time.time()
 
-    def evaluate(policy: Path, report: Path) -> dict:
+    def evaluate(policy: Path, report: Path, *extra: str) -> dict:
         if not report.is_file():
             lwd(
                 "eval",
@@ -99,6 +110,7 @@ def main() -> None:
                 "1",
                 "--json",
                 str(report),
+                *extra,
                 log=log,
             )
         return json.loads(report.read_text())
@@ -179,11 +191,19 @@ def main() -> None:
             "500",
             "--actor-warmup",
             str(args.actor_warmup),
+            "--best-of-n",
+            str(args.best_of_n),
             log=log,
         )
-        return evaluate(run / "policy", out / f"{method}_s{seed}.json")
+        rep = evaluate(run / "policy", out / f"{method}_s{seed}.json")
+        if method == "lwd_offline" and args.best_of_n > 1:
+            single = evaluate(run / "policy", out / f"{method}_single_s{seed}.json", *SINGLE)
+            reports["lwd_offline_single"][seed] = single
+        return rep
 
     reports: dict[str, dict[int, dict]] = {m: {} for m in ["sft", *args.methods]}
+    if args.best_of_n > 1 and "lwd_offline" in args.methods:
+        reports["lwd_offline_single"] = {}
     with ThreadPoolExecutor(args.parallel) as pool:
         for seed, rep in zip(args.seeds, pool.map(sft, args.seeds), strict=True):
             reports["sft"][seed] = rep
@@ -230,6 +250,7 @@ def main() -> None:
     console.print(table)
 
     name = "offline_fleet8" + (f"_deploy{args.deploy_episodes}" if args.deploy_episodes else "")
+    name += f"_bon{args.best_of_n}" if args.best_of_n > 1 else ""
     name += "_quick" if args.quick else ""
     write_result(
         name,
@@ -245,6 +266,7 @@ def main() -> None:
             eval_episodes_per_task=args.eval_episodes,
             demos_per_task=args.demos_per_task,
             deploy_episodes_per_task=args.deploy_episodes,
+            best_of_n=args.best_of_n,
             data=args.data,
             seconds=time.time() - t0,
             methods=METHODS,

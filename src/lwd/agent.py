@@ -42,8 +42,10 @@ from lwd.algo.divl import (
 from lwd.algo.extraction import awr_actor_loss, fql_actor_loss, qam_actor_loss
 from lwd.algo.flow_bc import flow_matching_loss
 from lwd.config import AgentConfig
-from lwd.nets.critic import Critic, ObservationEncoder, ValueNet
+from lwd.nets.critic import ValueNet, build_critic, observation_encoder
+from lwd.policy.checkpoint import save_policy
 from lwd.policy.flow import FlowPolicy
+from lwd.policy.ranker import remove_ranker, save_ranker
 from lwd.types import Batch
 
 _VALUES = ("divl", "expectile")
@@ -74,6 +76,8 @@ def check_agent_config(cfg: AgentConfig) -> None:
         raise ValueError(
             "AgentConfig: lam must be > 0, critic_heads >= 1, actor_every >= 1, actor_warmup >= 0"
         )
+    if cfg.best_of_n < 1:
+        raise ValueError(f"AgentConfig.best_of_n must be >= 1 (1 = off), got {cfg.best_of_n}")
 
 
 def _frozen(module: nn.Module) -> nn.Module:
@@ -114,15 +118,9 @@ class Agent(nn.Module):
         pc = policy.cfg
         self.action_size = pc.chunk * pc.action_dim
 
-        def encoder() -> ObservationEncoder:
-            feats = pc.image_features if pc.use_images else 0
-            return ObservationEncoder(pc.state_dim, pc.lang_dim, pc.lang_proj, feats, pc.image_size)
-
         out = cfg.num_atoms if cfg.value == "divl" else 1
-        self.value = ValueNet(encoder(), cfg.critic_width, cfg.critic_depth, out)
-        self.critic = Critic(
-            encoder(), self.action_size, cfg.critic_width, cfg.critic_depth, cfg.critic_heads
-        )
+        self.value = ValueNet(observation_encoder(pc), cfg.critic_width, cfg.critic_depth, out)
+        self.critic = build_critic(pc, cfg.critic_width, cfg.critic_depth, cfg.critic_heads)
         self.target_critic = _frozen(copy.deepcopy(self.critic))
         self.register_buffer("support", value_support(cfg.num_atoms, cfg.v_min, cfg.v_max))
         self.optimizers = {
@@ -141,6 +139,16 @@ class Agent(nn.Module):
     def acting_policy(self) -> FlowPolicy:
         """The policy to deploy and evaluate (the fine-tuned flow, or FQL's one-step flow)."""
         return self.policy
+
+    def save_acting_policy(self, directory, extra: dict | None = None):
+        """``save_policy`` of the acting flow, plus the target critic as its best-of-N ranker
+        when ``cfg.best_of_n > 1``; returns the directory."""
+        save_policy(directory, self.policy, extra=extra)
+        if self.cfg.best_of_n > 1:
+            save_ranker(directory, self.target_critic, self.cfg.best_of_n)
+        else:  # a directory reused from a best-of-N run must not keep acting with a stale critic
+            remove_ranker(directory)
+        return directory
 
     def bootstrap_value(
         self, state_n: torch.Tensor, lang: torch.Tensor, image: torch.Tensor | None

@@ -151,6 +151,7 @@ def cmd_train_offline(args) -> int:
         tau_base=args.tau_base,
         actor_warmup=args.actor_warmup,
         reference=args.reference,
+        best_of_n=args.best_of_n,
     )
     cfg = _override(
         preset(args.preset),
@@ -224,6 +225,7 @@ def cmd_robot(args) -> int:
         seed=args.seed,
         timeout_s=args.timeout,
         prefetch_s=None if args.no_prefetch else args.prefetch_s,
+        max_active=args.max_active,
     )
     with RobotHost(args.server, args.robot_id, args.count, args.workdir, cfg) as host:
         # SIGTERM: every robot finishes, spools and drains its episode, then exits.
@@ -255,6 +257,7 @@ def cmd_learner(args) -> int:
             actor_warmup=args.actor_warmup,
             tau_base=args.tau_base,
             reference=args.reference,
+            best_of_n=args.best_of_n,
         ),
     )
     cfg = adopt_architecture(cfg, args.init)
@@ -302,6 +305,7 @@ def cmd_eval(args) -> int:
         seed=args.seed,
         perturb=not args.no_perturb,
         workers=args.workers,
+        best_of_n=args.best_of_n,
     )
     with _progress("evaluating") as bar:
         tid = bar.add_task("eval", total=None, info="")
@@ -394,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--critic-width", type=int)
     o.add_argument("--actor-warmup", type=int, help="critic-only updates before extraction")
     o.add_argument("--reference", choices=("frozen", "bc"), help=REFERENCE_HELP)
+    o.add_argument(
+        "--best-of-n", type=int, help="act with the best of N flow samples under the critic"
+    )
     o.add_argument("--seed", type=int)
     o.add_argument("--checkpoint-every", type=int)
     o.add_argument("--eval-every", type=int, help="evaluate every N updates (0: never)")
@@ -409,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=1000)
     e.add_argument("--workers", type=int, default=2)
     e.add_argument("--no-perturb", action="store_true", help="nominal robots only")
+    e.add_argument(
+        "--best-of-n", type=int, help="override the checkpoint's best-of-N (1: one sample)"
+    )
     e.add_argument("--json", help="write the report here (and a PNG beside it)")
     e.set_defaults(func=cmd_eval)
 
@@ -436,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--steps", type=int, help="synthetic: steps per episode (default: horizon)")
     r.add_argument("--prefetch-s", type=float, default=1.0, help="policy poll period (s)")
     r.add_argument("--no-prefetch", action="store_true", help="fetch policies between episodes")
+    r.add_argument(
+        "--max-active", type=int, help="simulated robots in an episode at once (memory cap)"
+    )
     r.set_defaults(func=cmd_robot)
 
     ln = sub.add_parser("learner", help="the online learner (DIVL + QAM on fleet data)")
@@ -451,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     ln.add_argument("--actor-warmup", type=int, help="critic-only updates first (SFT init)")
     ln.add_argument("--tau-base", type=float)
     ln.add_argument("--reference", choices=("frozen", "bc"), help=REFERENCE_HELP)
+    ln.add_argument(
+        "--best-of-n", type=int, help="act with the best of N flow samples under the critic"
+    )
     ln.add_argument("--status-file", help="write the learner's status here (JSON, atomically)")
     ln.add_argument("--seed", type=int)
     ln.set_defaults(func=cmd_learner)

@@ -100,6 +100,9 @@ class EvalConfig:
     """Episodes are spread over this many simulated robots, each with its own perturbation."""
     workers: int = 2
     """Parallel worker processes."""
+    best_of_n: int | None = None
+    """Act with this many samples ranked by the checkpoint's critic (1: one sample, the flow
+    alone); None: as the checkpoint says (``lwd.policy.ranker``)."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,11 @@ class AgentConfig:
     actor_warmup: int = 0
     """Policy extraction starts after this many updates, so that it follows a critic that has
     seen some data [choice; 0 = from the first update, as in the paper]."""
+    best_of_n: int = 1
+    """Act with the best of this many flow samples under the target critic (mean of heads),
+    shipped inside the published policy [choice: QAM's reference ``best_of_n``; 1 = off, as
+    in the LWD paper]. Extraction can only tilt the flow along the critic's action gradient,
+    which it may overrate; ranking the flow's own samples only uses the critic's ordering."""
 
 
 @dataclass(frozen=True)
@@ -302,6 +310,9 @@ class DemoConfig:
     """Simulated robots (each its own process, or hosted ``robots_per_process`` to a process)."""
     robots_per_process: int = 1
     """Robots hosted by one robot process (the light mode packs many robots per process)."""
+    active_per_process: int | None = None
+    """At most this many robots of a process in an episode at once (each holds a ~300 MB
+    MuJoCo environment meanwhile; the others wait between episodes). None: all."""
     minutes: float = 15.0
     """How long the fleet runs (wall clock)."""
     tasks: tuple[str, ...] = DEMO_TASKS
@@ -343,7 +354,7 @@ _PRESETS: dict[str, Any] = {
     "online-default": OnlineConfig(),
     "recap-default": RecapConfig(),
     "demo-default": DemoConfig(),
-    "demo-light": DemoConfig(robots=64, robots_per_process=32),
+    "demo-light": DemoConfig(robots=64, robots_per_process=32, active_per_process=12),
     "demo-quick": DemoConfig(
         minutes=2.0, robots=2, episodes_per_task=6, sft_steps=300, actor_warmup=50, eval_episodes=2
     ),

@@ -80,12 +80,15 @@ def test_report_known_answers(fleet, tmp_path):
 
 
 def test_a_fleet_too_big_for_the_memory_is_refused_before_it_starts():
-    from lwd.config import preset
-    from lwd.demo.run import ROBOT_MB, check_memory
+    from lwd.config import DemoConfig, preset
+    from lwd.demo.run import ACTIVE_ROBOT_MB, IDLE_ROBOT_MB, check_memory, fleet_memory_mb
 
-    light = preset("demo-light")
-    with pytest.raises(ValueError, match=r"64 simulated robots need .* run at most --robots 54"):
-        check_memory(light, available=24_000.0)
-    check_memory(light, available=64 * ROBOT_MB / 0.9 + 1)  # fits: no error
-    check_memory(dataclasses.replace(light, robots=4), available=24_000.0)
+    light = preset("demo-light")  # 2 processes of 32 robots, 12 of each in an episode at once
+    assert fleet_memory_mb(light) == 24 * ACTIVE_ROBOT_MB + 40 * IDLE_ROBOT_MB
+    uncapped = DemoConfig(robots=64, robots_per_process=32)
+    assert fleet_memory_mb(uncapped) == 64 * ACTIVE_ROBOT_MB
+    with pytest.raises(ValueError, match=r"64 simulated robots need .* run at most 48 robots"):
+        check_memory(uncapped, available=16_000.0)
+    check_memory(light, available=16_000.0)  # the cap makes it fit
+    check_memory(uncapped, available=64 * ACTIVE_ROBOT_MB / 0.9 + 1)  # fits: no error
     check_memory(light, available=None)  # unknown (not Linux): no check

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from lwd.sim.layout import STATE_DIM
 from lwd.sim.operator import OperatorConfig, ScriptedOperator
 from lwd.sim.robot import Perturbation, SimRobot
 from lwd.sim.rollout import scripted_episode
@@ -92,4 +93,49 @@ def test_robots_sharing_an_env_pool_each_get_their_own_perturbation():
     assert b.env is env
     np.testing.assert_allclose(env._model.geom_friction[:, 0], friction * 2.0)
     np.testing.assert_allclose(env._arm_sampling_bounds, bounds)
+    pool.close()
+
+
+def test_a_lending_pool_gives_each_robot_in_an_episode_its_own_env_until_the_episode_ends():
+    from lwd.sim.robot import EnvPool
+
+    pool = EnvPool(lend=True)
+    a, b = (SimRobot(name, pool=pool) for name in "ab")
+    task = get_task("open-drawer")
+    a.reset(task, seed=0)
+    b.reset(task, seed=1)  # a is mid-episode: b must not step a's simulation
+    assert a.env is not b.env and pool.size() == 2
+    lent = a.env
+    while not a.done():
+        a.act(np.zeros(5))
+    assert a.env is None and a.observe().state.shape == (STATE_DIM,)  # the final observation
+    c = SimRobot("c", pool=pool)
+    c.reset(task, seed=2)  # takes the environment a gave back: nothing new is built
+    assert c.env is lent and pool.size() == 2
+    b.close()  # a robot that leaves returns its env; the pool stays open for the others
+    a.reset(task, seed=3)
+    assert a.env is not None and pool.size() == 2  # b's environment, lent again
+    pool.close()
+
+
+def test_a_capped_lending_pool_makes_the_next_robot_wait_and_never_holds_more_envs():
+    import threading
+
+    from lwd.sim.robot import EnvPool
+
+    pool = EnvPool(lend=True, max_active=1)
+    first = pool.checkout("scene")
+    got: list = []
+    waiter = threading.Thread(target=lambda: got.append(pool.checkout("scene")))
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive() and not got  # one robot in an episode: the second waits
+    pool.checkin(first)
+    waiter.join(10)
+    assert got == [first] and pool.size() == 1
+    pool.checkin(first)
+    puzzle = pool.checkout("puzzle-3x3")  # no free puzzle env: the free scene env makes room
+    assert puzzle is not first and pool.size() == 1
+    with pytest.raises(ValueError, match="max_active needs lend=True"):
+        EnvPool(max_active=2)
     pool.close()

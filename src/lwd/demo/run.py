@@ -101,6 +101,8 @@ def _start_fleet(cfg: DemoConfig, out: Path, data: Path, sft: Path, port: int):
         else:
             name = f"robots-{k // per}"
             argv += ["--robot-id", name, "--count", str(count)]
+            if cfg.active_per_process:
+                argv += ["--max-active", str(cfg.active_per_process)]
         procs.start(name, argv, nice=cfg.robot_nice)
     return procs, url
 
@@ -125,9 +127,11 @@ def evaluate_start_and_final(
     return result
 
 
-ROBOT_MB = 400
-"""Resident memory of one simulated robot: each holds its own OGBench environments (measured: a
-host process of 32 robots reached 11.8 GB before the kernel killed it on a 24 GB machine)."""
+ACTIVE_ROBOT_MB = 300
+"""Resident memory of a simulated robot in an episode: mostly the OGBench environment it
+borrows (measured: a host process of 32 robots, all in episodes, held 9.7 GB)."""
+IDLE_ROBOT_MB = 30
+"""Resident memory of a robot waiting between episodes (its agent, spool and buffers)."""
 
 
 def available_mb() -> float | None:
@@ -142,15 +146,25 @@ def available_mb() -> float | None:
     return None
 
 
+def fleet_memory_mb(cfg: DemoConfig) -> float:
+    """What the demo's simulated fleet needs resident: active robots hold an environment."""
+    per = max(1, cfg.robots_per_process)
+    sizes = [min(per, cfg.robots - k) for k in range(0, cfg.robots, per)]
+    active = sum(min(n, cfg.active_per_process or n) for n in sizes)
+    return active * ACTIVE_ROBOT_MB + (cfg.robots - active) * IDLE_ROBOT_MB
+
+
 def check_memory(cfg: DemoConfig, available: float | None) -> None:
     """Refuse a fleet this machine cannot hold, before anything starts (not after an OOM kill)."""
-    need = cfg.robots * ROBOT_MB
+    need = fleet_memory_mb(cfg)
     if available is not None and need > 0.9 * available:
-        fits = max(1, int(0.9 * available / ROBOT_MB))
+        fits = max(1, int(0.9 * available / ACTIVE_ROBOT_MB))
         raise ValueError(
             f"{cfg.robots} simulated robots need about {need / 1024:.1f} GB "
-            f"({ROBOT_MB} MB each: every robot holds its own MuJoCo environments) but "
-            f"{available / 1024:.1f} GB is available; run at most --robots {fits} here"
+            f"({ACTIVE_ROBOT_MB} MB for each robot in an episode: it holds a MuJoCo "
+            f"environment) but {available / 1024:.1f} GB is available; run at most {fits} robots "
+            f"in episodes at once here (--robots, or robots_per_process with "
+            f"active_per_process)"
         )
 
 

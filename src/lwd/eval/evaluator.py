@@ -71,8 +71,14 @@ def evaluate(
             f"{policy} is not a policy checkpoint (no config.json); train one with "
             f"`lwd train sft`, or pass --policy operator to evaluate the scripted demonstrator"
         )
+    if cfg.best_of_n is not None and cfg.best_of_n > 1 and not has_ranker(policy, OPERATOR):
+        raise ValueError(
+            f"best-of-{cfg.best_of_n} needs a critic and {policy} has none; train with "
+            f"`lwd train offline --best-of-n N`, or leave best_of_n unset"
+        )
     jobs = plan_episodes(cfg)
     init = {"policy": policy if policy == OPERATOR else str(Path(policy).resolve())}
+    init["best_of_n"] = cfg.best_of_n
     results = []
     for done, raw in enumerate(run_jobs("lwd.eval.worker", jobs, cfg.workers, init), 1):
         result = EvalEpisodeResult(**raw)
@@ -82,3 +88,8 @@ def evaluate(
     order = {t.name: k for k, t in enumerate(get_suite(cfg.suite))}
     results.sort(key=lambda r: (order[r.task], r.seed))
     return EvalReport.from_results(policy, cfg, results)
+
+
+def has_ranker(policy: str, operator: str) -> bool:
+    """Whether ``policy`` carries a best-of-N critic (``lwd.policy.ranker``; torch-free check)."""
+    return policy != operator and (Path(policy) / "ranker.json").is_file()

@@ -19,9 +19,9 @@ def setup(init: dict):
     torch.set_num_threads(1)  # one process per core; threads would only fight each other
     runner = None
     if init["policy"] != OPERATOR:
-        from lwd.policy.checkpoint import load_runner
+        from lwd.policy.ranker import load_runner
 
-        runner = load_runner(init["policy"])
+        runner = load_runner(init["policy"], best_of_n=init.get("best_of_n"))
     robots: dict[tuple[int, bool], SimRobot] = {}
     pool = EnvPool()
 

@@ -47,11 +47,20 @@ from lwd.policy.checkpoint import (
     MODEL_FILE,
     NORMALIZER_FILE,
     CheckpointError,
-    load_policy,
 )
+from lwd.policy.ranker import RANKER_FILES, load_acting_policy
 
 #: The files a published version holds (and its archive, in this order).
 POLICY_FILES = (CONFIG_FILE, MODEL_FILE, NORMALIZER_FILE)
+#: Files a version holds when present: the best-of-N ranker (lwd.policy.ranker).
+OPTIONAL_POLICY_FILES = RANKER_FILES
+
+
+def policy_files(directory: Path) -> list[str]:
+    """The names :func:`build_archive` packs from ``directory``, in archive order."""
+    return [*POLICY_FILES, *(n for n in OPTIONAL_POLICY_FILES if (directory / n).is_file())]
+
+
 _INDEX_VERSION = 1  # stored as SQLite's user_version; bump on any table change
 _TABLES = """
 CREATE TABLE IF NOT EXISTS policies (
@@ -99,7 +108,7 @@ def _copy_synced(src: Path, dst: Path) -> None:
 
 
 def build_archive(directory: str | Path) -> bytes:
-    """A deterministic uncompressed tar of a checkpoint's :data:`POLICY_FILES`.
+    """A deterministic uncompressed tar of a checkpoint's :func:`policy_files`.
 
     Equal files give equal bytes: fixed order, mode 0644, owner 0, mtime 0, USTAR format.
 
@@ -109,7 +118,7 @@ def build_archive(directory: str | Path) -> bytes:
     directory = Path(directory)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name in POLICY_FILES:
+        for name in policy_files(directory):
             data = (directory / name).read_bytes()
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), 0o644, 0
@@ -198,7 +207,7 @@ class PolicyRegistry:
     def publish(self, checkpoint_dir: str | Path) -> int:
         """Publish the policy in a checkpoint directory written by ``save_policy``.
 
-        Only :data:`POLICY_FILES` are copied (optimizer and trainer state stay behind).
+        Only :func:`policy_files` are copied (optimizer and trainer state stay behind).
 
         Args:
             checkpoint_dir: the checkpoint directory.
@@ -222,7 +231,7 @@ class PolicyRegistry:
         staging = self.root / "tmp" / f"{os.getpid()}-{uuid.uuid4().hex}"
         staging.mkdir()
         try:
-            for name in POLICY_FILES:
+            for name in policy_files(src):
                 _copy_synced(src / name, staging / name)
             fsync_dir(staging)
             return self._commit(staging, str(src))
@@ -245,7 +254,7 @@ class PolicyRegistry:
 
     def _commit(self, staging: Path, label: str) -> int:
         try:
-            load_policy(staging)
+            load_acting_policy(staging)
         except (CheckpointError, ValueError, TypeError, RuntimeError) as exc:
             message = str(exc).replace(str(staging), label)
             raise InvalidPolicyError(f"{label}: does not load as a policy ({message})") from None

@@ -61,8 +61,9 @@ import numpy as np
 from lwd.fleet.client import Backoff, FleetClient, FleetError, PolicyRef, RejectedError
 from lwd.fleet.policy_fetcher import PolicyFetcher
 from lwd.fleet.spool import DrainResult, Spool
-from lwd.policy.checkpoint import CheckpointError, load_policy
+from lwd.policy.checkpoint import CheckpointError
 from lwd.policy.flow import FlowPolicy, FlowPolicyRunner, TextEncoder
+from lwd.policy.ranker import load_acting_policy
 from lwd.sim.tasks import TaskSpec
 from lwd.types import ActionChunk, Episode, Observation, Source
 
@@ -129,7 +130,7 @@ class RobotAgent:
             versions are downloaded only between episodes.
         latest: how to ask for the server's newest version (default
             ``client.latest_policy``); a host of many robots shares one rate-limited query.
-        load: how to load a fetched version (default :func:`load_policy` on ``device``); a
+        load: how to load a fetched version (default :func:`~lwd.policy.ranker.load_acting_policy` on ``device``); a
             host shares one so that its robots share each version's weights.
         rollout: how to record an episode (default :func:`lwd.sim.rollout.policy_episode`).
         clock: unix seconds (injectable for tests).
@@ -171,7 +172,7 @@ class RobotAgent:
         self.drain_max = drain_max
         self.device = device
         self.prefetch_s = prefetch_s
-        self._load = load or (lambda version, path: load_policy(path, device=self.device))
+        self._load = load or (lambda version, path: load_acting_policy(path, device=self.device))
         self._rollout = rollout
         self._clock, self._sleep = clock, sleep
         self._rng = np.random.default_rng([self.seed, 4099])

@@ -37,8 +37,8 @@ from pathlib import Path
 from lwd.fleet.client import FleetClient, FleetError, PolicyRef
 from lwd.fleet.robot_agent import RobotAgent
 from lwd.fleet.spool import Spool
-from lwd.policy.checkpoint import load_policy
 from lwd.policy.flow import FlowPolicy, TextEncoder
+from lwd.policy.ranker import load_acting_policy
 from lwd.sim.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,11 @@ class HostConfig:
     (None: ``episode_s`` for synthetic robots, 0 for simulated ones)."""
     device: str = "cpu"
     """Torch device for inference."""
+    max_active: int | None = None
+    """Simulated robots: at most this many in an episode at once; the others wait at their
+    reset (None: no cap). Each robot in an episode holds a borrowed MuJoCo environment of
+    about 300 MB, and a host's robots share its CPU, so past a few per core more active robots
+    only cost memory."""
 
 
 class SharedPolicies:
@@ -93,7 +98,7 @@ class SharedPolicies:
         with self._lock:
             policy = self._loaded.get(version)
             if policy is None:
-                policy = load_policy(path, device=self.device)
+                policy = load_acting_policy(path, device=self.device)
                 self._loaded[version] = policy
                 while len(self._loaded) > self.keep:
                     self._loaded.popitem(last=False)
@@ -172,6 +177,7 @@ class RobotHost:
             from lwd.policy.instruction import InstructionEncoder
 
             encoder = InstructionEncoder()
+        self._envs = None  # the OGBench environments the simulated robots borrow
         self.agents: list[RobotAgent] = []
         for i, rid in enumerate(ids):
             seed = zlib.crc32(rid.encode()) if cfg.seed is None else cfg.seed + i
@@ -205,9 +211,12 @@ class RobotHost:
             )
             return robot, None, synthetic_episode
         from lwd.sim.operator import ScriptedOperator  # loads MuJoCo: simulated robots only
-        from lwd.sim.robot import Perturbation, SimRobot
+        from lwd.sim.robot import EnvPool, Perturbation, SimRobot
 
-        robot = SimRobot(robot_id, Perturbation.sample(seed) if cfg.perturb else None)
+        if self._envs is None:  # the host's robots run concurrently: they borrow environments
+            self._envs = EnvPool(lend=True, max_active=cfg.max_active)
+        pert = Perturbation.sample(seed) if cfg.perturb else None
+        robot = SimRobot(robot_id, pert, pool=self._envs)
         operator = ScriptedOperator(robot, "demonstrator", seed=seed) if cfg.operator else None
         return robot, operator, None
 
@@ -258,6 +267,8 @@ class RobotHost:
             agent.client.close()
         if self._latest_client is not None:
             self._latest_client.close()
+        if self._envs is not None:
+            self._envs.close()
 
     def __enter__(self) -> RobotHost:
         return self

@@ -137,15 +137,15 @@ def plan_round(
 
 def _fleet_worker(init: dict, encoder: TextEncoder | None = None) -> Callable[[dict], dict]:
     """The episode-collecting job handler (in a worker process, or in-process with ``encoder``)."""
-    from lwd.policy.checkpoint import load_policy
     from lwd.policy.flow import FlowPolicyRunner
+    from lwd.policy.ranker import load_acting_policy
     from lwd.sim.operator import ScriptedOperator
     from lwd.sim.robot import EnvPool, Perturbation, SimRobot
     from lwd.sim.rollout import policy_episode
     from lwd.sim.tasks import get_task
 
     runner = FlowPolicyRunner(
-        load_policy(init["policy"]), encoder, version=int(init["version"]), seed=0
+        load_acting_policy(init["policy"]), encoder, version=int(init["version"]), seed=0
     )
     store = EpisodeStore(init["store"])
     pool = EnvPool()  # one OGBench environment per kind, shared by this worker's robots

@@ -63,7 +63,7 @@ def latest_checkpoint(out: str | Path) -> Path | None:
 
 def save_agent(directory: Path, agent: Agent, np_rng: np.random.Generator, extra: dict) -> None:
     """Everything needed to resume ``agent`` exactly, into ``directory``."""
-    save_policy(directory / "policy", agent.policy, extra=extra)
+    agent.save_acting_policy(directory / "policy", extra=extra)
     save_policy(directory / "reference", agent.reference, extra={"role": "reference"})
     if agent.reference_bc is not None:
         save_policy(directory / "reference_bc", agent.reference_bc, extra={"role": "BC flow"})
@@ -121,7 +121,7 @@ def commit_checkpoint(out: Path, step: int, agent: Agent, rng, extra: dict, keep
     pointer_tmp = out / (LATEST_FILE + ".tmp")
     pointer_tmp.write_text(final.name)
     os.replace(pointer_tmp, out / LATEST_FILE)  # the checkpoint exists only from here on
-    save_policy(out / "policy", agent.policy, extra=extra | {"step": step})
+    agent.save_acting_policy(out / "policy", extra=extra | {"step": step})
     done = sorted(p for p in final.parent.iterdir() if p.is_dir() and p.name.startswith("step-"))
     for old in done[: -max(keep, 1)]:
         if not old.name.endswith(".tmp"):
@@ -215,7 +215,7 @@ def train_offline(
                 and (done % cfg.eval_every == 0 or done == cfg.steps)
             ):
                 if not checkpointed:
-                    save_policy(out / "policy", agent.policy, extra=extra | {"step": done})
+                    agent.save_acting_policy(out / "policy", extra=extra | {"step": done})
                 result = evaluator(out / "policy", done)
                 evals.append({"step": done, **result})
                 for k, v in result.items():

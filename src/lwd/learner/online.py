@@ -38,7 +38,7 @@ from lwd.learner.offline import (
     latest_checkpoint,
     load_agent,
 )
-from lwd.policy.checkpoint import load_policy, save_policy
+from lwd.policy.checkpoint import load_policy
 from lwd.policy.flow import TextEncoder
 from lwd.types import Episode
 
@@ -227,7 +227,7 @@ class OnlineLearner:
         """Publish the acting policy; returns the new version."""
         tmp = self.out / "publish.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        save_policy(tmp, self.agent.policy, extra=dict(trainer="online", step=self.step))
+        self.agent.save_acting_policy(tmp, extra=dict(trainer="online", step=self.step))
         version = self.sink.publish(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
         self.published.append((self.step, version))

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lwd.config import PolicyConfig
 from lwd.nets.image import ImageEncoder
 
 
@@ -155,3 +156,14 @@ class Critic(nn.Module):
             )
         feats = self.encoder(state, lang, image)
         return self.heads(torch.cat([feats, actions], dim=-1))[..., 0]
+
+
+def observation_encoder(pc: PolicyConfig) -> ObservationEncoder:
+    """The critic's and value's observation features for a policy of architecture ``pc``."""
+    feats = pc.image_features if pc.use_images else 0
+    return ObservationEncoder(pc.state_dim, pc.lang_dim, pc.lang_proj, feats, pc.image_size)
+
+
+def build_critic(pc: PolicyConfig, width: int, depth: int, heads: int) -> Critic:
+    """A critic on the flattened ``(H * A)`` chunks of a policy of architecture ``pc``."""
+    return Critic(observation_encoder(pc), pc.chunk * pc.action_dim, width, depth, heads)

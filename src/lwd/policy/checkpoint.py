@@ -37,7 +37,7 @@ from torch import nn
 
 from lwd.config import PolicyConfig, from_dict, to_dict
 from lwd.durable import write_atomic
-from lwd.policy.flow import FlowPolicy, FlowPolicyRunner
+from lwd.policy.flow import FlowPolicy
 from lwd.policy.normalizer import Normalizer
 
 FORMAT = 1
@@ -210,12 +210,6 @@ def load_policy(directory: str | Path, *, device: str | torch.device = "cpu") ->
 
 
 # ---------------------------------------------------------------------------------- RNG
-def load_runner(directory: str | Path, encoder=None, seed: int = 0) -> FlowPolicyRunner:
-    """The checkpoint as a fleet ``Policy``, carrying the version recorded in it (default 1)."""
-    version = int(read_checkpoint_config(directory).get("extra", {}).get("version", 1))
-    return FlowPolicyRunner(load_policy(directory), encoder, version=version, seed=seed)
-
-
 def capture_rng_state(generators: Generators | None = None) -> dict:
     """JSON-friendly RNG states: Python, numpy and torch globals (CUDA if in use) + named."""
     np_legacy = np.random.get_state()

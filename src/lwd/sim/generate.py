@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lwd.data.store import EpisodeStore
-from lwd.policy.checkpoint import load_runner
+from lwd.policy.ranker import load_runner
 from lwd.sim.operator import ScriptedOperator
 from lwd.sim.robot import EnvPool, Perturbation, SimRobot
 from lwd.sim.rollout import policy_episode, scripted_episode

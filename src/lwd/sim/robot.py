@@ -15,6 +15,7 @@ Usage loop (the same for real robots through the ``Robot`` protocol)::
 from __future__ import annotations
 
 import collections
+import threading
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -70,40 +71,118 @@ class Perturbation:
 
 
 class EnvPool:
-    """OGBench environments by kind, built lazily and shared by robots that take turns.
+    """OGBench environments by kind, built lazily and shared by robots.
 
-    One OGBench environment holds ~200 MB (its MJCF tree and MuJoCo model), so a process that
-    simulates many robots one at a time keeps one per kind instead of one per robot.
+    One OGBench environment holds ~150-450 MB (its MJCF tree, a 67 MB MuJoCo model buffer
+    and a 14 MB arena), so a process that simulates many robots must not keep one per robot
+    per kind. Two ways to share:
+
+    - ``lend=False``: one environment per kind for robots that take turns (evaluation and
+      data generation step their robots one at a time).
+    - ``lend=True``: robots that run concurrently (the threads of a robot host) each borrow an
+      environment for one episode and give it back when the episode ends, so a host holds as
+      many environments as it has robots *in an episode*. ``max_active`` caps those: a robot
+      that would exceed it waits at its reset until another robot's episode ends, and the pool
+      keeps at most ``max_active`` environments (a free one of another kind is closed to make
+      room).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, lend: bool = False, max_active: int | None = None) -> None:
+        if max_active is not None and (not lend or max_active < 1):
+            raise ValueError(f"max_active needs lend=True and >= 1, got {max_active}")
+        self.lend, self.max_active = lend, max_active
         self._envs: dict[tuple[str, int | None], gym.Env] = {}
+        self._free: dict[tuple[str, int | None], list] = collections.defaultdict(list)
+        self._keys: dict[int, tuple[str, int | None]] = {}
         self._base: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._active = 0
+        self._cond = threading.Condition()
+
+    def _build(self, key: tuple[str, int | None]):
+        kind, image_size = key
+        kwargs = dict(mode="task", terminate_at_goal=False, visualize_info=False)
+        if image_size:
+            kwargs.update(width=image_size, height=image_size)
+        env = gym.make(f"{kind}-v0", **kwargs).unwrapped
+        env.reset(options=dict(task_id=1))  # compiles the model
+        base = (env._arm_sampling_bounds.copy(), env._model.geom_friction[:, 0].copy())
+        with self._cond:
+            self._base[id(env)], self._keys[id(env)] = base, key
+        return env
 
     def get(self, kind: str, image_size: int | None = None):
+        """The pool's one environment of ``kind`` (``lend=False`` pools)."""
         key = (kind, image_size)
         if key not in self._envs:
-            kwargs = dict(mode="task", terminate_at_goal=False, visualize_info=False)
-            if image_size:
-                kwargs.update(width=image_size, height=image_size)
-            env = gym.make(f"{kind}-v0", **kwargs).unwrapped
-            env.reset(options=dict(task_id=1))  # compiles the model
-            self._base[id(env)] = (
-                env._arm_sampling_bounds.copy(),
-                env._model.geom_friction[:, 0].copy(),
-            )
-            self._envs[key] = env
+            self._envs[key] = self._build(key)
         return self._envs[key]
+
+    def checkout(self, kind: str, image_size: int | None = None):
+        """The environment for a robot's next episode of ``kind``.
+
+        A lending pool lends a free one of the right kind (building one only when none is
+        free), after waiting for a free slot if ``max_active`` robots are in an episode; give
+        it back with :meth:`checkin`.
+        """
+        if not self.lend:
+            return self.get(kind, image_size)
+        key = (kind, image_size)
+        evicted = None
+        with self._cond:
+            self._cond.wait_for(lambda: self.max_active is None or self._active < self.max_active)
+            self._active += 1
+            free = self._free[key]
+            env = free.pop() if free else None
+            if env is None and self.max_active is not None and len(self._keys) >= self.max_active:
+                evicted = self._evict()  # hold at most max_active environments, whatever kind
+        if evicted is not None:
+            evicted.close()
+        if env is None:
+            try:
+                env = self._build(key)
+            except BaseException:
+                self._release_slot()
+                raise
+        return env
+
+    def _evict(self):
+        """Forget a free environment of another kind (called with the lock held)."""
+        for envs in self._free.values():
+            if envs:
+                env = envs.pop()
+                del self._keys[id(env)], self._base[id(env)]
+                return env
+        return None  # unreachable while every active robot holds one environment
+
+    def checkin(self, env) -> None:
+        """Take back an environment lent by :meth:`checkout` (its episode is over)."""
+        with self._cond:
+            self._free[self._keys[id(env)]].append(env)
+        self._release_slot()
+
+    def _release_slot(self) -> None:
+        with self._cond:
+            self._active -= 1
+            self._cond.notify()
+
+    def size(self) -> int:
+        """Environments built so far."""
+        with self._cond:
+            return len(self._keys)
 
     def base(self, env) -> tuple[np.ndarray, np.ndarray]:
         """The unperturbed arm start box and sliding frictions of ``env``."""
         return self._base[id(env)]
 
     def close(self) -> None:
-        for env in self._envs.values():
+        with self._cond:
+            envs = list(self._envs.values()) + [e for f in self._free.values() for e in f]
+            self._envs.clear()
+            self._free.clear()
+            self._keys.clear()
+            self._base.clear()
+        for env in envs:
             env.close()
-        self._envs.clear()
-        self._base.clear()
 
 
 class SimRobot:
@@ -115,7 +194,8 @@ class SimRobot:
         image_size: if set, observations carry ``(image_size, image_size, 3)`` uint8 frames
             (needs MuJoCo offscreen rendering, e.g. ``MUJOCO_GL=osmesa``).
         pool: environments shared with other robots of this process (a robot re-applies its own
-            perturbation at every reset, so sharing is safe while they run one at a time).
+            perturbation at every reset, so sharing is safe while they run one at a time, or
+            concurrently with a lending pool, ``EnvPool(lend=True)``).
     """
 
     def __init__(
@@ -128,8 +208,11 @@ class SimRobot:
         self.robot_id = robot_id
         self.perturbation = perturbation or Perturbation()
         self.image_size = image_size
+        self._owns_pool = pool is None
         self._pool = pool or EnvPool()
         self.env = None
+        self._borrowed = False  # self.env is lent by the pool for this episode
+        self._final: Observation | None = None
         self.task: TaskSpec | None = None
         self.info: dict = {}
         self._raw_ob: np.ndarray | None = None
@@ -163,7 +246,9 @@ class SimRobot:
     # -- Robot protocol ---------------------------------------------------------------------
     def reset(self, task: TaskSpec, seed: int) -> Observation:
         """Start an episode of ``task``; ``seed`` fixes the start pose and all noise."""
-        self.env = self._pool.get(task.env_kind, self.image_size)
+        self._give_back()  # an episode abandoned midway
+        self.env = self._pool.checkout(task.env_kind, self.image_size)
+        self._borrowed, self._final = self._pool.lend, None
         self._apply_perturbation(self.env)
         self.task = task
         self._rng = np.random.default_rng([seed, 104729])
@@ -182,6 +267,8 @@ class SimRobot:
     def observe(self) -> Observation:
         if self.task is None:
             raise RuntimeError("call reset(task, seed) before observe()")
+        if self._final is not None:  # the episode is over and its environment given back
+            return self._final
         image = None
         if self.image_size:
             camera = "front_pixels" if self.task.env_kind == "scene" else "front"
@@ -205,6 +292,9 @@ class SimRobot:
         self.success = bool(self.env._success)
         self._tracker.update()
         self._done = self.success or self.steps >= self.task.horizon
+        if self._done and self._borrowed:
+            self._final = self.observe()
+            self._give_back()
         return StepResult(
             state=pack_state(self.task.env_kind, self._raw_ob),
             reward=1.0 if self.success else 0.0,
@@ -233,4 +323,14 @@ class SimRobot:
         return self.steps * CONTROL_DT
 
     def close(self) -> None:
-        self._pool.close()
+        """Close the robot's own environments; a shared pool's stay open for the others."""
+        if self._owns_pool:
+            self._pool.close()
+        self._give_back()
+        self.env = None
+
+    def _give_back(self) -> None:
+        if self._borrowed:
+            self._borrowed = False
+            self._pool.checkin(self.env)
+            self.env = None
