@@ -229,6 +229,10 @@ class OnlineConfig:
     """Publish the acting policy every this many updates."""
     refresh_every: int = 50
     """Commit a snapshot and add its new episodes every this many updates."""
+    refresh_s: float | None = None
+    """Also refresh once this many seconds have passed since the last refresh (None: by update
+    count only). A learner slowed by a busy machine (the demo's 64 robots) would otherwise leave
+    finished episodes waiting ``refresh_every`` updates."""
     takeover_as_failure: bool = False
     """End an autonomous step's TD return at the operator's next takeover, with no bootstrap
     (as if the attempt had failed there) [choice; the paper gives interventions no special
@@ -351,7 +355,7 @@ _PRESETS: dict[str, Any] = {
     "agent-awr": AgentConfig(extraction="awr"),
     "agent-online": AgentConfig(tau_base=0.9),
     "offline-default": OfflineConfig(),
-    "online-default": OnlineConfig(),
+    "online-default": OnlineConfig(refresh_s=5.0),
     "recap-default": RecapConfig(),
     "demo-default": DemoConfig(),
     "demo-light": DemoConfig(robots=64, robots_per_process=32, active_per_process=12),

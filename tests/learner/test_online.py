@@ -98,3 +98,21 @@ def test_online_learner_starts_from_an_offline_run(setup, tmp_path):
     for a, b in zip(trained.parameters(), learner.agent.policy.parameters(), strict=True):
         assert torch.equal(a, b)
     learner.run()
+
+
+def test_a_time_based_refresh_picks_up_episodes_between_update_count_refreshes(setup, tmp_path):
+    cfg = dataclasses.replace(CFG, refresh_every=1000, refresh_s=0.0, max_updates=3)
+    learner = make_learner(setup, tmp_path, "run", cfg)
+    commits = []
+    commit = learner.source.commit
+    learner.source.commit = lambda: commits.append(1) or commit()
+    learner.run(
+        on_update=lambda s, m, st: learner.source.store.put(
+            make_episode(12, seed=200 + s, source=Source.AUTONOMOUS, robot_id="late")
+        )
+    )
+    assert len(commits) == 3  # before updates 1, 2 and 3: every time, not every 1000 updates
+    assert len(learner.online) == 36 + 2 * 12  # the episodes put after updates 1 and 2
+    slow = make_learner(setup, tmp_path, "slow", dataclasses.replace(cfg, refresh_s=None))
+    slow.run()
+    assert [step for step, _ in slow.snapshots] == [0]

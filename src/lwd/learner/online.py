@@ -195,6 +195,7 @@ class OnlineLearner:
         self.snapshots: list[tuple[int, int]] = []  # (update, version) in the order added
         self.published: list[tuple[int, int]] = []  # (update, policy version)
         self.step = 0
+        self._refresh_due = 0.0  # monotonic time of the next time-based refresh
         latest = latest_checkpoint(self.out)
         if latest is not None:
             state = load_agent(latest, self.agent, self.rng)
@@ -214,6 +215,7 @@ class OnlineLearner:
 
     def refresh(self) -> int:
         """Commit a snapshot and add its new episodes; returns how many were added."""
+        self._refresh_due = time.monotonic() + (self.cfg.refresh_s or 0.0)
         version = self.source.commit()
         last = self.snapshots[-1][1] if self.snapshots else None
         if version is None or version == last:
@@ -268,7 +270,8 @@ class OnlineLearner:
                     break
                 if until is not None and self.step >= until:
                     break
-                if self.step % cfg.refresh_every == 0:
+                due = cfg.refresh_s is not None and time.monotonic() >= self._refresh_due
+                if self.step % cfg.refresh_every == 0 or due:
                     self.refresh()
                 metrics = self.agent.update(self.replay.sample(cfg.batch_size, self.rng))
                 self.step += 1
