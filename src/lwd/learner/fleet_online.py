@@ -353,6 +353,7 @@ def lwd_online_config(
         batch_size=batch_size,
         publish_every=updates_per_round,
         refresh_every=updates_per_round,
+        refresh_s=None,  # nothing arrives while a round learns
         checkpoint_every=updates_per_round,
         **{k: v for k, v in overrides.items() if k in online_fields},
     )

@@ -82,7 +82,10 @@ class BestOfN(nn.Module):
         lang_t = _as_tensor(lang, device, torch.float32)
         image_t = None if image is None else _as_tensor(image, device, None)
         b = state_t.shape[0]
-        rep = lambda x: None if x is None else x.repeat_interleave(n, dim=0)  # noqa: E731
+
+        def rep(x):  # each row n times, candidates of one row next to each other
+            return None if x is None else x.repeat_interleave(n, dim=0)
+
         if noise is not None:
             noise = _as_tensor(noise, device, torch.float32).reshape(b * n, -1)
         actions = self.policy.sample(
