@@ -15,8 +15,26 @@ os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 import numpy as np
 import pytest
 
+from lwd.config import PolicyConfig
 from lwd.sim.layout import ACTION_DIM, STATE_DIM
 from lwd.types import SCRIPTED_VERSION, Episode, Source
+
+TINY_POLICY = PolicyConfig(
+    state_dim=4, action_dim=2, chunk=2, flow_steps=3, width=16, depth=2, lang_dim=8
+)
+
+
+def make_tiny_policy(seed: int = 0):
+    """A seeded :data:`TINY_POLICY` flow policy with fitted (random) normalisation statistics."""
+    import torch
+
+    from lwd.policy.flow import FlowPolicy
+    from lwd.policy.normalizer import Normalizer
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    norm = Normalizer(4, 2).fit(rng.normal(size=(50, 4)), rng.uniform(-1, 1, (50, 2)))
+    return FlowPolicy(TINY_POLICY, norm)
 
 
 def make_episode(

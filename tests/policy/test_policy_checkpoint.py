@@ -10,7 +10,6 @@ import safetensors.torch
 import torch
 
 from lwd.algo.flow_bc import flow_matching_loss
-from lwd.config import PolicyConfig
 from lwd.policy.checkpoint import (
     CheckpointError,
     load_policy,
@@ -19,22 +18,13 @@ from lwd.policy.checkpoint import (
     save_policy,
     save_training_state,
 )
-from lwd.policy.flow import FlowPolicy
 from lwd.policy.normalizer import Normalizer
-
-TINY = PolicyConfig(state_dim=4, action_dim=2, chunk=2, flow_steps=3, width=16, depth=2, lang_dim=8)
-
-
-def make_policy(seed: int = 0) -> FlowPolicy:
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    norm = Normalizer(4, 2).fit(rng.normal(size=(50, 4)), rng.uniform(-1, 1, (50, 2)))
-    return FlowPolicy(TINY, norm)
+from tests.conftest import TINY_POLICY, make_tiny_policy
 
 
 @pytest.fixture
 def ckpt(tmp_path):
-    policy = make_policy()
+    policy = make_tiny_policy()
     save_policy(tmp_path / "ckpt", policy, extra={"version": 3})
     return tmp_path / "ckpt", policy
 
@@ -42,7 +32,7 @@ def ckpt(tmp_path):
 def test_round_trip_gives_identical_outputs(ckpt):
     path, policy = ckpt
     loaded = load_policy(path)
-    assert loaded.cfg == TINY and not loaded.training
+    assert loaded.cfg == TINY_POLICY and not loaded.training
     state, lang = torch.randn(5, 4) * 3, torch.randn(5, 8)
     noise = torch.randn(5, 2, 2)
     assert torch.equal(
@@ -115,7 +105,7 @@ def test_missing_and_unexpected_keys(ckpt):
 
 
 def test_nan_weights(tmp_path):
-    policy = make_policy()
+    policy = make_tiny_policy()
     with torch.no_grad():
         policy.field.time_in.weight[0, 0] = float("nan")
     save_policy(tmp_path, policy)
@@ -153,7 +143,7 @@ def _train(policy, opt, steps, g, data_rng):
 
 
 def test_exact_resume(tmp_path):
-    policy = make_policy()
+    policy = make_tiny_policy()
     opt = torch.optim.Adam(policy.parameters(), lr=1e-2, betas=(0.8, 0.95))
     g, data_rng = torch.Generator().manual_seed(5), np.random.default_rng(5)
     _train(policy, opt, 3, g, data_rng)
@@ -174,7 +164,7 @@ def test_exact_resume(tmp_path):
 
 
 def test_training_state_mismatches_are_loud(tmp_path):
-    policy = make_policy()
+    policy = make_tiny_policy()
     opt = torch.optim.Adam(policy.parameters(), lr=1e-3)
     _train(policy, opt, 1, torch.Generator().manual_seed(0), np.random.default_rng(0))
     save_training_state(tmp_path, opt, 1)

@@ -10,23 +10,14 @@ import torch
 from torch import nn
 
 from lwd.agent import Agent
-from lwd.config import AgentConfig, EvalConfig, PolicyConfig
+from lwd.config import AgentConfig, EvalConfig
 from lwd.eval.evaluator import evaluate
 from lwd.fleet.registry import PolicyRegistry, build_archive, extract_archive
 from lwd.policy.checkpoint import CheckpointError, save_policy
 from lwd.policy.flow import FlowPolicy, FlowPolicyRunner
-from lwd.policy.normalizer import Normalizer
 from lwd.policy.ranker import RANKER_CONFIG, BestOfN, load_acting_policy, load_runner
 from lwd.types import Observation
-
-TINY = PolicyConfig(state_dim=4, action_dim=2, chunk=2, flow_steps=3, width=16, depth=2, lang_dim=8)
-
-
-def make_policy(seed: int = 0) -> FlowPolicy:
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    norm = Normalizer(4, 2).fit(rng.normal(size=(50, 4)), rng.uniform(-1, 1, (50, 2)))
-    return FlowPolicy(TINY, norm)
+from tests.conftest import make_tiny_policy
 
 
 class FirstActionCritic(nn.Module):
@@ -38,7 +29,7 @@ class FirstActionCritic(nn.Module):
 
 
 def test_best_of_n_acts_with_the_sample_its_critic_ranks_first():
-    policy, n = make_policy(), 8
+    policy, n = make_tiny_policy(), 8
     state, lang = torch.randn(3, 4), torch.randn(3, 8)
     noise = torch.randn(3, n, 2, 2)
     chosen = BestOfN(policy, FirstActionCritic(), n).sample(state, lang, noise=noise)
@@ -54,7 +45,7 @@ def test_best_of_n_acts_with_the_sample_its_critic_ranks_first():
 
 
 def test_a_runner_around_best_of_n_uses_the_fleets_interface():
-    bon = BestOfN(make_policy(), FirstActionCritic(), 4)
+    bon = BestOfN(make_tiny_policy(), FirstActionCritic(), 4)
     runner = FlowPolicyRunner(bon, encoder=_Encoder(), version=2, seed=0)
     chunk = runner.infer(Observation(state=np.zeros(4, np.float32), instruction="go"))
     assert chunk.actions.shape == (2, 2) and chunk.version == 2
@@ -67,7 +58,7 @@ class _Encoder:
 
 def _agent(best_of_n: int) -> Agent:
     cfg = AgentConfig(critic_width=16, critic_depth=2, num_atoms=11, best_of_n=best_of_n)
-    return Agent(cfg, make_policy(), seed=0)
+    return Agent(cfg, make_tiny_policy(), seed=0)
 
 
 def test_the_target_critic_travels_with_the_policy_and_acts_the_same_after_loading(tmp_path):
@@ -95,7 +86,7 @@ def test_a_policy_saved_without_best_of_n_drops_a_stale_ranker(tmp_path):
 
 
 def test_ranker_errors_name_the_file_and_the_fix(tmp_path):
-    plain = save_policy(tmp_path / "plain", make_policy())
+    plain = save_policy(tmp_path / "plain", make_tiny_policy())
     with pytest.raises(CheckpointError, match="needs a critic.*--best-of-n"):
         load_acting_policy(plain, best_of_n=4)
     with pytest.raises(ValueError, match="needs a critic"):  # before any worker starts
@@ -118,6 +109,6 @@ def test_a_published_best_of_n_policy_reaches_a_robot_with_its_critic(tmp_path):
     assert "ranker.safetensors" in extract_archive(registry.archive(version), robot_dir)
     assert isinstance(load_acting_policy(robot_dir), BestOfN)
     assert registry.publish_archive(build_archive(src)) == version  # same content, same version
-    plain = save_policy(tmp_path / "plain", make_policy())
+    plain = save_policy(tmp_path / "plain", make_tiny_policy())
     assert registry.publish(plain) == version + 1
     assert isinstance(load_acting_policy(registry.get(version + 1)), FlowPolicy)

@@ -71,7 +71,7 @@ def evaluate(
             f"{policy} is not a policy checkpoint (no config.json); train one with "
             f"`lwd train sft`, or pass --policy operator to evaluate the scripted demonstrator"
         )
-    if cfg.best_of_n is not None and cfg.best_of_n > 1 and not has_ranker(policy, OPERATOR):
+    if cfg.best_of_n is not None and cfg.best_of_n > 1 and not _has_ranker(policy):
         raise ValueError(
             f"best-of-{cfg.best_of_n} needs a critic and {policy} has none; train with "
             f"`lwd train offline --best-of-n N`, or leave best_of_n unset"
@@ -90,6 +90,9 @@ def evaluate(
     return EvalReport.from_results(policy, cfg, results)
 
 
-def has_ranker(policy: str, operator: str) -> bool:
-    """Whether ``policy`` carries a best-of-N critic (``lwd.policy.ranker``; torch-free check)."""
-    return policy != operator and (Path(policy) / "ranker.json").is_file()
+def _has_ranker(policy: str) -> bool:
+    if policy == OPERATOR:
+        return False
+    from lwd.policy.ranker import has_ranker  # torch: only when best-of-N is asked for
+
+    return has_ranker(policy)
