@@ -50,7 +50,12 @@ PROTOCOL = ("suite", "episodes_per_task", "seed", "perturb", "num_robots")
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data", default=str(ROOT / "runs" / "fleet8_data"), help="offline store")
+    p.add_argument(
+        "--data",
+        default=str(ROOT / "runs" / "fleet8_data"),
+        help="offline store; may hold {seed} (e.g. offline_fleet8's data_s{seed}: the scripted "
+        "store plus that seed's SFT deployment record)",
+    )
     p.add_argument("--out", default=str(ROOT / "runs" / "fleet_online"))
     p.add_argument("--sft", default=str(ROOT / "runs" / "offline_fleet8" / "sft_s{seed}"))
     p.add_argument(
@@ -74,6 +79,12 @@ def parse() -> argparse.Namespace:
         "--takeover-as-failure",
         action="store_true",
         help="LWD-online: end an autonomous return at the operator's takeover, no bootstrap",
+    )
+    p.add_argument(
+        "--best-of-n",
+        type=int,
+        help="LWD-online acts with the best of N flow samples under its critic (default: as "
+        "the LWD-offline run it continues)",
     )
     p.add_argument("--eval-episodes", type=int, default=10, help="per task, final evaluation")
     p.add_argument("--workers", type=int, default=2, help="episode-collecting processes")
@@ -102,6 +113,8 @@ def parse() -> argparse.Namespace:
             parts.append(f"reference_{args.reference}")
         if args.takeover_as_failure:
             parts.append("takeover_as_failure")
+        if args.best_of_n is not None:
+            parts.append(f"bon{args.best_of_n}")
         parts += ["quick"] if args.quick else []
         args.name = "_".join(parts)
     if args.quick:
@@ -134,10 +147,10 @@ class Bench:
         self.console.print(f"[{time.time() - self.t0:6.0f}s] {text}", highlight=False)
 
     # ------------------------------------------------------------------------- starts
-    def data(self) -> Path:
+    def data(self, seed: int) -> Path:
         from lwd.sim.generate import GenerateConfig, generate
 
-        data = Path(self.args.data)
+        data = Path(self.args.data.format(seed=seed))
         if not (data / "index.sqlite").is_file():
             self.say(f"generating the offline store {data}")
             cfg = GenerateConfig(
@@ -160,7 +173,7 @@ class Bench:
             self.say(f"training SFT seed {seed} -> {path}")
             cfg = SFTConfig(steps=a.sft_steps, max_demos_per_task=a.demos_per_task, seed=seed)
             cfg = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, width=a.width))
-            train_sft(cfg, self.data(), path, self.encoder, known_tasks=task_names())
+            train_sft(cfg, self.data(seed), path, self.encoder, known_tasks=task_names())
         return path
 
     def offline(self, seed: int, sft: Path) -> Path:
@@ -176,7 +189,7 @@ class Bench:
                 self.say(f"training LWD-offline seed {seed} -> {path}")
                 agent = AgentConfig(critic_width=a.width, lam=a.lam, actor_warmup=a.actor_warmup)
                 cfg = OfflineConfig(steps=a.offline_steps, n_step=a.n_step, seed=seed, agent=agent)
-                train_offline(cfg, self.data(), sft, path, self.encoder)  # resumes if killed
+                train_offline(cfg, self.data(seed), sft, path, self.encoder)  # resumes if killed
         init = read_checkpoint_config(path / "policy").get("extra", {}).get("init")
         if init is not None and Path(init).resolve() != sft.resolve():
             raise ValueError(
@@ -217,7 +230,7 @@ class Bench:
         method = make_method(
             name,
             init,
-            self.data(),
+            self.data(seed),
             run / "method",
             self.encoder,
             seed=seed,
@@ -261,7 +274,8 @@ class Bench:
     def overrides(self, name: str) -> dict:
         if name == "lwd_online":
             a = self.args
-            return {"reference": a.reference, "takeover_as_failure": a.takeover_as_failure}
+            chosen = {"reference": a.reference, "takeover_as_failure": a.takeover_as_failure}
+            return chosen | ({} if a.best_of_n is None else {"best_of_n": a.best_of_n})
         if name != "recap":
             return {}
         # RECAP's value net gets the width and the update count the others' nets get.

@@ -260,7 +260,7 @@ def cmd_learner(args) -> int:
             best_of_n=args.best_of_n,
         ),
     )
-    cfg = adopt_architecture(cfg, args.init)
+    cfg = adopt_architecture(cfg, args.init, keep_acting=args.best_of_n is None)
     with FleetClient(args.server, timeout_s=30.0) as client:
         learner = OnlineLearner(
             cfg,
@@ -329,7 +329,7 @@ def cmd_demo(args) -> int:
     from lwd.demo.run import run_demo
 
     cfg = preset(args.preset)
-    cfg = _override(cfg, minutes=args.minutes, robots=args.robots)
+    cfg = _override(cfg, minutes=args.minutes, robots=args.robots, best_of_n=args.best_of_n)
     run_demo(cfg, Path(args.out), workers=args.workers, port=args.port)
     return 0
 
@@ -465,7 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     ln.add_argument("--tau-base", type=float)
     ln.add_argument("--reference", choices=("frozen", "bc"), help=REFERENCE_HELP)
     ln.add_argument(
-        "--best-of-n", type=int, help="act with the best of N flow samples under the critic"
+        "--best-of-n",
+        type=int,
+        help="act with the best of N flow samples under the critic (default: as --init acted)",
     )
     ln.add_argument("--status-file", help="write the learner's status here (JSON, atomically)")
     ln.add_argument("--seed", type=int)
@@ -480,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--minutes", type=float, help="how long the fleet runs")
     d.add_argument("--robots", type=int, help="fleet size")
+    d.add_argument(
+        "--best-of-n", type=int, help="the fleet acts with the best of N samples (1: one sample)"
+    )
     d.add_argument("--port", type=int, help="server port (default: a free one)")
     d.add_argument("--workers", type=int, default=2, help="processes for data and evaluation")
     d.set_defaults(func=cmd_demo)

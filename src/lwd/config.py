@@ -332,7 +332,18 @@ class DemoConfig:
     lam: float = 0.1
     """QAM temperature; Q lives in [0, 1] here, so a small lambda gives the tilt some weight."""
     actor_warmup: int = 300
-    """Critic-only updates before the policy moves (the critic starts from scratch)."""
+    """Online critic-only updates before the policy moves, when the learner starts from the
+    SFT (``offline_steps = 0``: the critic starts from scratch)."""
+    deploy_episodes: int = 24
+    """The SFT's own unassisted rollouts per task, added to the offline data before the offline
+    stage: its deployment record, the failures a critic must see to rank the SFT's actions
+    (0: none)."""
+    offline_steps: int = 1500
+    """Offline DIVL critic updates on that data before the fleet starts (the flow stays the
+    SFT's; 0: no offline stage, the learner starts from the SFT)."""
+    best_of_n: int = 16
+    """The fleet acts with the best of N flow samples under the critic (1: one sample); needs
+    the offline stage, as a critic from scratch ranks nothing."""
     eval_episodes: int = 10
     """Fixed-protocol episodes per task for the start and final policies (0: skip)."""
     robot_nice: int = 15
@@ -360,7 +371,13 @@ _PRESETS: dict[str, Any] = {
     "demo-default": DemoConfig(),
     "demo-light": DemoConfig(robots=64, robots_per_process=32, active_per_process=12),
     "demo-quick": DemoConfig(
-        minutes=2.0, robots=2, episodes_per_task=6, sft_steps=300, actor_warmup=50, eval_episodes=2
+        minutes=2.0,
+        robots=2,
+        episodes_per_task=6,
+        sft_steps=300,
+        deploy_episodes=2,
+        offline_steps=100,
+        eval_episodes=2,
     ),
     "offline-quick": OfflineConfig(steps=100, batch_size=64, checkpoint_every=50, n_step=3),
 }

@@ -79,6 +79,19 @@ def test_report_known_answers(fleet, tmp_path):
     assert "open-drawer" in text and "25% (4)" in text and "policy published" in text
 
 
+def test_the_report_shows_every_evaluated_policy_in_order(fleet):
+    evaluation = {"episodes_per_task": 10, "policies": ["sft", "start", "final"]}
+    for name, rate in (("sft", 0.2), ("start", 0.4), ("final", 0.6)):
+        evaluation |= {name: {"open-drawer": rate}, f"{name}_avg": rate}
+    console = Console(width=160, record=True)
+    console.print(report_table(fleet_report(fleet, evaluation)))
+    lines = console.export_text().splitlines()
+    header = next(line for line in lines if "eval sft" in line)
+    assert header.index("eval sft") < header.index("eval start") < header.index("eval final")
+    average = next(line for line in lines if line.lstrip("│ ").startswith("average"))
+    assert average.index("20%") < average.index("40%") < average.index("60%")
+
+
 def test_a_fleet_too_big_for_the_memory_is_refused_before_it_starts():
     from lwd.config import DemoConfig, preset
     from lwd.demo.run import ACTIVE_ROBOT_MB, IDLE_ROBOT_MB, check_memory, fleet_memory_mb

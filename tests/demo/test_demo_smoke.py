@@ -3,7 +3,9 @@
 import json
 
 from lwd.config import DemoConfig
+from lwd.data.store import EpisodeStore
 from lwd.demo.run import run_demo
+from lwd.policy.ranker import has_ranker
 
 
 def test_tiny_demo_runs_the_loop_and_reports(tmp_path):
@@ -15,7 +17,9 @@ def test_tiny_demo_runs_the_loop_and_reports(tmp_path):
         sft_steps=4,
         policy_width=32,
         critic_width=32,
-        actor_warmup=2,
+        deploy_episodes=1,
+        offline_steps=4,
+        best_of_n=2,
         eval_episodes=1,
         robot_nice=0,
     )
@@ -24,5 +28,10 @@ def test_tiny_demo_runs_the_loop_and_reports(tmp_path):
     assert report["learner"].get("step", 0) > 0
     saved = json.loads((tmp_path / "demo" / "report" / "report.json").read_text())
     assert saved["per_task"].keys() == {"press-center"}
+    # the fleet started from the offline stage: the SFT acting best-of-2 under its critic
+    assert has_ranker(tmp_path / "demo" / "offline" / "policy")
+    assert saved["evaluation"]["policies"] == ["sft", "start", "final"]
+    deployed = EpisodeStore(tmp_path / "demo" / "data_deployed")
+    assert len(deployed) == len(EpisodeStore(tmp_path / "demo" / "data")) + 1
     for png in ("success_vs_robot_hours", "intervention_rate", "data_plane_latency"):
         assert (tmp_path / "demo" / "report" / f"{png}.png").stat().st_size > 1000

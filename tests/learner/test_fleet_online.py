@@ -1,16 +1,23 @@
 """The synchronous fleet harness and LWD-online as an online method."""
 
 import dataclasses
+import json
 import shutil
 
 import pytest
 import torch
 
-from lwd.config import OfflineConfig
+from lwd.config import OfflineConfig, to_dict
 from lwd.data.store import EpisodeStore
-from lwd.learner.fleet_online import LwdOnlineMethod, plan_round, run_fleet_online
+from lwd.learner.fleet_online import (
+    LwdOnlineMethod,
+    lwd_online_config,
+    plan_round,
+    run_fleet_online,
+)
 from lwd.learner.offline import latest_checkpoint, train_offline
 from lwd.policy.checkpoint import load_policy
+from lwd.policy.ranker import has_ranker
 from lwd.sim.tasks import CONTROL_DT
 from lwd.types import Source
 from tests.conftest import make_episode
@@ -91,7 +98,9 @@ def fleet_episodes(n=3):
 
 def test_lwd_online_continues_the_offline_run(setup, tmp_path):
     off_cfg = dataclasses.replace(CFG, steps=4, batch_size=16, checkpoint_every=4)
-    off_cfg = dataclasses.replace(off_cfg, agent=dataclasses.replace(CFG.agent, lam=0.25))
+    off_cfg = dataclasses.replace(
+        off_cfg, agent=dataclasses.replace(CFG.agent, lam=0.25, best_of_n=2)
+    )
     assert isinstance(off_cfg, OfflineConfig)
     train_offline(off_cfg, setup / "data", setup / "sft", tmp_path / "off", FakeEncoder())
     method = LwdOnlineMethod(
@@ -105,7 +114,9 @@ def test_lwd_online_continues_the_offline_run(setup, tmp_path):
     cfg = method.cfg
     assert (cfg.agent.tau_base, cfg.n_step, cfg.online_fraction) == (0.9, 1, 0.5)
     assert cfg.agent.lam == 0.25 and cfg.agent.critic_width == 32  # from the offline run
+    assert cfg.agent.best_of_n == 2  # acts as the offline run did
     first = method.start()
+    assert has_ranker(first)  # version 1 is the offline run's acting policy, ranker included
     trained = load_policy(latest_checkpoint(tmp_path / "off") / "policy")
     for a, b in zip(trained.parameters(), load_policy(first).parameters(), strict=True):
         assert torch.equal(a, b)
@@ -116,6 +127,15 @@ def test_lwd_online_continues_the_offline_run(setup, tmp_path):
     third = method.improve()
     assert method.learner.step == 6
     assert len({first, second, third}) == 3
+
+
+def test_lwd_online_keeps_the_offline_runs_acting_unless_told(tmp_path):
+    offline = dataclasses.replace(CFG, agent=dataclasses.replace(CFG.agent, best_of_n=8))
+    (tmp_path / "offline_config.json").write_text(json.dumps(to_dict(offline)))
+    kept = lwd_online_config(tmp_path, seed=0, batch_size=16, updates_per_round=3)
+    told = lwd_online_config(tmp_path, seed=0, batch_size=16, updates_per_round=3, best_of_n=1)
+    assert (kept.agent.best_of_n, told.agent.best_of_n) == (8, 1)
+    assert kept.agent.critic_width == told.agent.critic_width == CFG.agent.critic_width
 
 
 @pytest.mark.slow

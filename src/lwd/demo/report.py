@@ -140,29 +140,24 @@ _LATENCY_LABELS = {
 
 def report_table(report: dict) -> Table:
     evaluation = report.get("evaluation") or {}
+    evaluated = evaluation.get("policies", ["start", "final"]) if evaluation else []
     table = Table(title="what the fleet learned (autonomous success)", title_justify="left")
     table.add_column("task")
     table.add_column("start policy (fleet)", justify="right")
     table.add_column("last third (fleet)", justify="right")
-    if evaluation:
-        table.add_column(f"eval start ({evaluation['episodes_per_task']}/task)", justify="right")
-        table.add_column("eval final", justify="right")
+    for k, name in enumerate(evaluated):
+        per = f" ({evaluation['episodes_per_task']}/task)" if k == 0 else ""
+        table.add_column(f"eval {name}{per}", justify="right")
     for task, t in report["per_task"].items():
         row = [
             task,
             _pct(t["start_success"], t["start_episodes"]),
             _pct(t["late_success"], t["late_episodes"]),
         ]
-        if evaluation:
-            row += [
-                _pct(evaluation["start"].get(task, math.nan)),
-                _pct(evaluation["final"].get(task, math.nan)),
-            ]
+        row += [_pct(evaluation[name].get(task, math.nan)) for name in evaluated]
         table.add_row(*row)
-    if evaluation:
-        table.add_row(
-            "average", "", "", _pct(evaluation["start_avg"]), _pct(evaluation["final_avg"])
-        )
+    if evaluated:
+        table.add_row("average", "", "", *[_pct(evaluation[f"{n}_avg"]) for n in evaluated])
     return table
 
 

@@ -4,11 +4,14 @@ One run::
 
     build (or reuse) the start    out/data: offline episodes of the demo tasks (lwd data generate)
                                   out/sft:  the imitation-learned policy (lwd train sft)
+                                  out/data_deployed: out/data + the SFT's own rollouts
+                                  out/offline: DIVL critic on it (lwd train offline); the
+                                    fleet's first policy is the SFT acting best-of-N under it
     start the loop                lwd server  -> out/server (store + policy registry)
-                                  lwd learner -> from out/sft, 1:1 offline:online, publishes
+                                  lwd learner -> from out/offline, 1:1 offline:online, publishes
                                   lwd robot × N  (perturbed SimRobots, scripted operator)
     watch                         live view from the server's record (lwd.demo.view)
-    stop, evaluate, report        start vs final policy on the fixed protocol; table + PNGs
+    stop, evaluate, report        SFT, start and final policy on the fixed protocol; table + PNGs
 
 The start is cached in ``out`` and reused by later runs; the fleet's part (server, robots,
 learner) starts fresh each run, so each report describes one run.
@@ -29,26 +32,40 @@ from lwd.demo.processes import FleetProcesses, free_port
 from lwd.demo.report import fleet_report, latency_table, report_table, write_report
 from lwd.demo.view import render
 from lwd.demo.watch import FleetWatch
+from lwd.sim.generate import GenerateConfig, generate
 
 
-def build_start(cfg: DemoConfig, out: Path, workers: int, console: Console) -> tuple[Path, Path]:
-    """The offline store and SFT checkpoint the fleet starts from (built once, then reused)."""
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """What the fleet starts from (built once in ``out``, then reused)."""
+
+    data: Path
+    """The learner's offline store (the generated data, plus the SFT's deployment record)."""
+    sft: Path
+    """The imitation-learned policy."""
+    init: Path
+    """What the learner continues: the offline run, or ``sft`` without an offline stage."""
+
+    @property
+    def policy(self) -> Path:
+        """The fleet's first policy: the offline run's acting policy, or the SFT."""
+        return self.init / "policy" if self.init != self.sft else self.sft
+
+
+def build_start(cfg: DemoConfig, out: Path, workers: int, console: Console) -> Start:
+    """Data, SFT and (with ``cfg.offline_steps``) the offline stage; each built once, then reused."""
     from lwd.learner.sft import train_sft
-    from lwd.sim.generate import GenerateConfig, generate
 
     data, sft = out / "data", out / "sft"
-    if not (data / "index.sqlite").is_file():
-        gen = GenerateConfig(
+    _generate(
+        data,
+        GenerateConfig(
             tasks=cfg.tasks, episodes_per_task=cfg.episodes_per_task, seed=cfg.seed, workers=workers
-        )
-        with console.status("generating offline data") as status:
-
-            def on(done, total, r):
-                status.update(f"generating offline data: {done}/{total} episodes")
-
-            generate(gen, data.with_suffix(".tmp"), progress=on)
-        data.with_suffix(".tmp").rename(data)  # a half-built store is never mistaken for done
-    if not (sft / "config.json").is_file() or _sft_unfinished(sft, cfg.sft_steps):
+        ),
+        console,
+        "offline data",
+    )
+    if not (sft / "config.json").is_file() or _unfinished(sft, cfg.sft_steps):
         base = SFTConfig()
         sft_cfg = dataclasses.replace(
             base,
@@ -63,30 +80,92 @@ def build_start(cfg: DemoConfig, out: Path, workers: int, console: Console) -> t
                     status.update(f"training the SFT start: {step}/{total} updates")
 
             train_sft(sft_cfg, data, sft, on_step=on_step)
-    return data, sft
+    if not cfg.offline_steps:
+        return Start(data, sft, sft)
+    if cfg.deploy_episodes:
+        deployed = out / "data_deployed"
+        record = GenerateConfig(
+            tasks=cfg.tasks,
+            episodes_per_task=cfg.deploy_episodes,
+            seed=cfg.seed + 1,
+            workers=workers,
+            policy=str(sft),
+        )
+        _generate(deployed, record, console, "the SFT's deployment record", copy_of=data)
+        data = deployed
+    return Start(data, sft, _offline_stage(cfg, data, sft, out / "offline", console))
 
 
-def _sft_unfinished(sft: Path, steps: int) -> bool:
+def _generate(
+    store: Path, gen: GenerateConfig, console: Console, what: str, copy_of: Path | None = None
+) -> None:
+    """Generate ``gen`` into ``store`` (added to a copy of ``copy_of``), unless already there."""
+    if (store / "index.sqlite").is_file():
+        return
+    tmp = store.with_suffix(".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if copy_of is not None:
+        shutil.copytree(copy_of, tmp)
+    with console.status(f"generating {what}") as status:
+
+        def on(done, total, r):
+            status.update(f"generating {what}: {done}/{total} episodes")
+
+        generate(gen, tmp, progress=on)
+    tmp.rename(store)  # a half-built store is never mistaken for done
+
+
+def _offline_stage(cfg: DemoConfig, data: Path, sft: Path, run: Path, console: Console) -> Path:
+    """Offline DIVL on ``data``, critic only: the flow stays the SFT's, the critic learns to rank
+    its samples, and the run's acting policy is the SFT acting best-of-N under that critic."""
+    from lwd.config import AgentConfig, OfflineConfig
+    from lwd.learner.offline import latest_checkpoint, train_offline
+    from lwd.policy.instruction import InstructionEncoder
+
+    last = latest_checkpoint(run) if run.is_dir() else None
+    if last is not None and last.name == f"step-{cfg.offline_steps:07d}":
+        return run
+    agent = AgentConfig(
+        critic_width=cfg.critic_width,
+        lam=cfg.lam,
+        actor_warmup=cfg.offline_steps,
+        best_of_n=cfg.best_of_n,
+    )
+    off = OfflineConfig(steps=cfg.offline_steps, seed=cfg.seed, agent=agent)
+    with console.status("training the offline critic") as status:
+
+        def on_step(step, total, m):
+            if step % 50 == 0:
+                status.update(f"training the offline critic: {step}/{total} updates")
+
+        train_offline(off, data, sft, run, InstructionEncoder(), on_step=on_step)  # resumes
+    return run
+
+
+def _unfinished(sft: Path, steps: int) -> bool:
     import json
 
     state = sft / "trainer_state.json"
     return state.is_file() and json.loads(state.read_text()).get("step", steps) < steps
 
 
-def _start_fleet(cfg: DemoConfig, out: Path, data: Path, sft: Path, port: int):
+def _start_fleet(cfg: DemoConfig, out: Path, start: Start, port: int):
     procs = FleetProcesses(out / "logs")
     url = procs.start_server(out / "server", port)
+    # From the offline run, the critic is already trained: the policy may move at once.
+    warmup = cfg.actor_warmup if start.init == start.sft else 0
     procs.start(
         "learner",
         [
             "learner",
             "--server", url,
-            "--init", str(sft),
-            "--offline-data", str(data),
+            "--init", str(start.init),
+            "--offline-data", str(start.data),
             "--out", str(out / "learner"),
             "--critic-width", str(cfg.critic_width),
             "--lam", str(cfg.lam),
-            "--actor-warmup", str(cfg.actor_warmup),
+            "--actor-warmup", str(warmup),
+            "--best-of-n", str(cfg.best_of_n),
             "--seed", str(cfg.seed),
             "--status-file", str(out / "learner" / "status.json"),
         ],
@@ -107,15 +186,19 @@ def _start_fleet(cfg: DemoConfig, out: Path, data: Path, sft: Path, port: int):
     return procs, url
 
 
-def evaluate_start_and_final(
-    cfg: DemoConfig, start: Path, final: Path, workers: int, console: Console
+def evaluate_policies(
+    cfg: DemoConfig, policies: dict[str, Path], workers: int, console: Console
 ) -> dict:
-    """Both policies on the fixed protocol (same seeds and perturbations) for the demo tasks."""
+    """Each policy on the fixed protocol (same seeds and perturbations) for the demo tasks.
+
+    ``policies``: name -> checkpoint, in the order the report shows them (``sft`` when the
+    fleet did not start from it, ``start``: the fleet's first version, ``final``).
+    """
     from lwd.eval.evaluator import evaluate
 
     protocol = EvalConfig(tasks=cfg.tasks, episodes_per_task=cfg.eval_episodes, workers=workers)
-    result = {"episodes_per_task": cfg.eval_episodes}
-    for name, policy in (("start", start), ("final", final)):
+    result = {"episodes_per_task": cfg.eval_episodes, "policies": list(policies)}
+    for name, policy in policies.items():
         with console.status(f"evaluating the {name} policy") as status:
 
             def on(done, total, r, name=name):
@@ -170,14 +253,19 @@ def check_memory(cfg: DemoConfig, available: float | None) -> None:
 
 def run_demo(cfg: DemoConfig, out: Path, workers: int = 2, port: int | None = None) -> dict:
     """Build the start, run the fleet for ``cfg.minutes``, evaluate, report; returns the report."""
+    if cfg.best_of_n > 1 and not cfg.offline_steps:
+        raise ValueError(
+            f"best_of_n={cfg.best_of_n} needs the offline stage's critic to rank samples, but "
+            f"offline_steps=0; set offline_steps > 0 or best_of_n=1 (--best-of-n 1)"
+        )
     check_memory(cfg, available_mb())
     console = Console()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    data, sft = build_start(cfg, out, workers, console)
+    start = build_start(cfg, out, workers, console)
     for part in ("server", "robots", "learner", "logs", "report"):
         shutil.rmtree(out / part, ignore_errors=True)  # the loop starts fresh every run
-    procs, url = _start_fleet(cfg, out, data, sft, port or free_port())
+    procs, url = _start_fleet(cfg, out, start, port or free_port())
     watch = FleetWatch(out / "server", out / "robots", out / "learner" / "status.json", url)
     total_s, t0 = cfg.minutes * 60, time.monotonic()
     failed: list[str] = []
@@ -202,7 +290,10 @@ def run_demo(cfg: DemoConfig, out: Path, workers: int = 2, port: int | None = No
     versions = sorted(watch.versions)
     if cfg.eval_episodes and len(versions) > 1:
         final = watch.registry.get(versions[-1])
-        evaluation = evaluate_start_and_final(cfg, sft, final, workers, console)
+        policies = {"start": start.policy, "final": final}
+        if start.policy != start.sft:
+            policies = {"sft": start.sft} | policies
+        evaluation = evaluate_policies(cfg, policies, workers, console)
     report = fleet_report(watch, evaluation)
     paths = write_report(report, out / "report")
     console.print(report_table(report))

@@ -357,7 +357,7 @@ def lwd_online_config(
         checkpoint_every=updates_per_round,
         **{k: v for k, v in overrides.items() if k in online_fields},
     )
-    cfg = adopt_architecture(cfg, init)
+    cfg = adopt_architecture(cfg, init, keep_acting="best_of_n" not in overrides)
     agent = {k: v for k, v in overrides.items() if k in agent_fields}
     offline_cfg = Path(init) / "offline_config.json"
     if "lam" not in agent and offline_cfg.is_file():

@@ -124,17 +124,24 @@ _ARCHITECTURE = (
 )
 
 
-def adopt_architecture(cfg: OnlineConfig, init: str | Path) -> OnlineConfig:
+def adopt_architecture(
+    cfg: OnlineConfig, init: str | Path, *, keep_acting: bool = True
+) -> OnlineConfig:
     """``cfg`` with the value/critic architecture of the offline run ``init`` (if it is one).
 
     Online RL continues the offline networks, so their shapes are not a free choice; the
-    online hyperparameters (tau_base, learning rates, lambda) stay as given.
+    online hyperparameters (tau_base, learning rates, lambda) stay as given. With
+    ``keep_acting`` the run also acts as the offline run did (its ``best_of_n``): the fleet's
+    first version is the offline run's acting policy, so dropping its critic ranking there
+    would start the online stage below where the offline stage ended. Pass
+    ``keep_acting=False`` when ``cfg`` sets ``best_of_n`` on purpose.
     """
     path = Path(init) / "offline_config.json"
     if not path.is_file():
         return cfg
     offline = from_dict(OfflineConfig, json.loads(path.read_text())).agent
-    arch = {name: getattr(offline, name) for name in _ARCHITECTURE}
+    names = _ARCHITECTURE + (("best_of_n",) if keep_acting else ())
+    arch = {name: getattr(offline, name) for name in names}
     return dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, **arch))
 
 
@@ -275,9 +282,11 @@ class OnlineLearner:
                     self.refresh()
                 metrics = self.agent.update(self.replay.sample(cfg.batch_size, self.rng))
                 self.step += 1
-                # during actor warm-up the acting policy is still the start: nothing to ship
-                actor_moved = self.agent.updates > self.agent.cfg.actor_warmup
-                if self.step % cfg.publish_every == 0 and actor_moved:
+                # during actor warm-up the acting policy is still the start (unless it acts
+                # best-of-N: then its ranking critic learns meanwhile): nothing to ship
+                acting = self.agent.cfg
+                moved = self.agent.updates > acting.actor_warmup or acting.best_of_n > 1
+                if self.step % cfg.publish_every == 0 and moved:
                     self.publish()
                 if self.step % cfg.checkpoint_every == 0:
                     self.checkpoint()
