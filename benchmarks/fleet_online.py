@@ -48,6 +48,17 @@ LABELS = {
 PROTOCOL = ("suite", "episodes_per_task", "seed", "perturb", "num_robots")
 
 
+def setting(text: str) -> tuple[str, object]:
+    """``FIELD=VALUE`` -> (field, value); the value is read as JSON when it is JSON."""
+    field, eq, value = text.partition("=")
+    if not eq or not field:
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
+    try:
+        return field, json.loads(value)
+    except json.JSONDecodeError:
+        return field, value
+
+
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
@@ -86,6 +97,15 @@ def parse() -> argparse.Namespace:
         help="LWD-online acts with the best of N flow samples under its critic (default: as "
         "the LWD-offline run it continues)",
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        type=setting,
+        metavar="FIELD=VALUE",
+        help="LWD-online: set a field of OnlineConfig or AgentConfig (repeatable; e.g. "
+        "n_step=10, extraction=none)",
+    )
     p.add_argument("--eval-episodes", type=int, default=10, help="per task, final evaluation")
     p.add_argument("--workers", type=int, default=2, help="episode-collecting processes")
     p.add_argument("--threads", type=int, default=2, help="torch threads of the learners")
@@ -115,6 +135,7 @@ def parse() -> argparse.Namespace:
             parts.append("takeover_as_failure")
         if args.best_of_n is not None:
             parts.append(f"bon{args.best_of_n}")
+        parts += [f"{k}_{v}" for k, v in args.set]
         parts += ["quick"] if args.quick else []
         args.name = "_".join(parts)
     if args.quick:
@@ -275,7 +296,8 @@ class Bench:
         if name == "lwd_online":
             a = self.args
             chosen = {"reference": a.reference, "takeover_as_failure": a.takeover_as_failure}
-            return chosen | ({} if a.best_of_n is None else {"best_of_n": a.best_of_n})
+            chosen |= {} if a.best_of_n is None else {"best_of_n": a.best_of_n}
+            return chosen | dict(a.set)
         if name != "recap":
             return {}
         # RECAP's value net gets the width and the update count the others' nets get.
