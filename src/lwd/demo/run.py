@@ -19,6 +19,7 @@ learner) starts fresh each run, so each report describes one run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 import time
@@ -46,11 +47,6 @@ class Start:
     init: Path
     """What the learner continues: the offline run, or ``sft`` without an offline stage."""
 
-    @property
-    def policy(self) -> Path:
-        """The fleet's first policy: the offline run's acting policy, or the SFT."""
-        return self.init / "policy" if self.init != self.sft else self.sft
-
 
 def build_start(cfg: DemoConfig, out: Path, workers: int, console: Console) -> Start:
     """Data, SFT and (with ``cfg.offline_steps``) the offline stage; each built once, then reused."""
@@ -73,12 +69,7 @@ def build_start(cfg: DemoConfig, out: Path, workers: int, console: Console) -> S
             seed=cfg.seed,
             policy=dataclasses.replace(base.policy, width=cfg.policy_width),
         )
-        with console.status("training the SFT start") as status:
-
-            def on_step(step, total, m):
-                if step % 50 == 0:
-                    status.update(f"training the SFT start: {step}/{total} updates")
-
+        with _status(console, "training the SFT start", "updates", every=50) as on_step:
             train_sft(sft_cfg, data, sft, on_step=on_step)
     if not cfg.offline_steps:
         return Start(data, sft, sft)
@@ -96,6 +87,18 @@ def build_start(cfg: DemoConfig, out: Path, workers: int, console: Console) -> S
     return Start(data, sft, _offline_stage(cfg, data, sft, out / "offline", console))
 
 
+@contextlib.contextmanager
+def _status(console: Console, what: str, unit: str, every: int = 1):
+    """A spinner line ``what: done/total unit``; yields the ``(done, total, ...)`` callback."""
+    with console.status(what) as status:
+
+        def on(done: int, total: int, *_) -> None:
+            if done % every == 0 or done == total:
+                status.update(f"{what}: {done}/{total} {unit}")
+
+        yield on
+
+
 def _generate(
     store: Path, gen: GenerateConfig, console: Console, what: str, copy_of: Path | None = None
 ) -> None:
@@ -106,11 +109,7 @@ def _generate(
     shutil.rmtree(tmp, ignore_errors=True)
     if copy_of is not None:
         shutil.copytree(copy_of, tmp)
-    with console.status(f"generating {what}") as status:
-
-        def on(done, total, r):
-            status.update(f"generating {what}: {done}/{total} episodes")
-
+    with _status(console, f"generating {what}", "episodes") as on:
         generate(gen, tmp, progress=on)
     tmp.rename(store)  # a half-built store is never mistaken for done
 
@@ -132,12 +131,7 @@ def _offline_stage(cfg: DemoConfig, data: Path, sft: Path, run: Path, console: C
         best_of_n=cfg.best_of_n,
     )
     off = OfflineConfig(steps=cfg.offline_steps, seed=cfg.seed, agent=agent)
-    with console.status("training the offline critic") as status:
-
-        def on_step(step, total, m):
-            if step % 50 == 0:
-                status.update(f"training the offline critic: {step}/{total} updates")
-
+    with _status(console, "training the offline critic", "updates", every=50) as on_step:
         train_offline(off, data, sft, run, InstructionEncoder(), on_step=on_step)  # resumes
     return run
 
@@ -199,11 +193,7 @@ def evaluate_policies(
     protocol = EvalConfig(tasks=cfg.tasks, episodes_per_task=cfg.eval_episodes, workers=workers)
     result = {"episodes_per_task": cfg.eval_episodes, "policies": list(policies)}
     for name, policy in policies.items():
-        with console.status(f"evaluating the {name} policy") as status:
-
-            def on(done, total, r, name=name):
-                status.update(f"evaluating the {name} policy: {done}/{total} episodes")
-
+        with _status(console, f"evaluating the {name} policy", "episodes") as on:
             report = evaluate(policy, protocol, on_episode=on)
         result[name] = {t.task: t.success for t in report.tasks}
         result[f"{name}_avg"] = report.avg_success
@@ -290,8 +280,9 @@ def run_demo(cfg: DemoConfig, out: Path, workers: int = 2, port: int | None = No
     versions = sorted(watch.versions)
     if cfg.eval_episodes and len(versions) > 1:
         final = watch.registry.get(versions[-1])
-        policies = {"start": start.policy, "final": final}
-        if start.policy != start.sft:
+        # the start is the version the fleet ran first (the learner's v1), as published
+        policies = {"start": watch.registry.get(versions[0]), "final": final}
+        if start.init != start.sft:
             policies = {"sft": start.sft} | policies
         evaluation = evaluate_policies(cfg, policies, workers, console)
     report = fleet_report(watch, evaluation)
