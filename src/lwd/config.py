@@ -238,6 +238,10 @@ class OnlineConfig:
     (as if the attempt had failed there) [choice; the paper gives interventions no special
     reward]. A scripted operator rescues nearly every episode, so success labels alone cannot
     tell the policy's stalled actions from the rescue's."""
+    cut_at_source_change: bool = False
+    """Stop every n-chunk window before the first step of another source (a takeover or a
+    hand-back) and bootstrap there, so that ``n > 1`` never mixes policy and human actions in
+    one return [choice; the paper uses n = 1 online for that reason]."""
     checkpoint_every: int = 500
     """Write a resumable checkpoint every this many updates."""
     keep_checkpoints: int = 2

@@ -137,6 +137,38 @@ def test_takeover_ends_the_autonomous_attempt_as_a_failure():
     np.testing.assert_array_equal(all_steps(far).discount.numpy()[:3], [0.5, 0.5, 0.0])
 
 
+def test_cut_at_source_change_bootstraps_where_the_source_changes():
+    # T=6, H=2, n=2 (nH=4), gamma=0.5; sources A A I I A A; success (reward 1 on step 5).
+    a, i = Source.AUTONOMOUS, Source.INTERVENTION
+    ep = tiny_episode(6, success=True, sources=[a, a, i, i, a, a])
+    plain, cut = buffer(), buffer(cut_at_source_change=True)
+    for buf in (plain, cut):
+        buf.add_episodes([ep])
+    b, c = all_steps(plain), all_steps(cut)
+    np.testing.assert_allclose(b.reward.numpy(), [0, 0, 0.125, 0.25, 0.5, 1.0])
+    np.testing.assert_allclose(b.discount.numpy(), [0.0625, 0.0625, 0, 0, 0, 0])
+    # Windows stop at the next change (steps 2, 2, 4, 4) and bootstrap with gamma^m there;
+    # the last segment has no change and reaches the end: truncated return, no bootstrap.
+    np.testing.assert_allclose(c.reward.numpy(), [0, 0, 0, 0, 0.5, 1.0])
+    np.testing.assert_allclose(c.discount.numpy(), [0.25, 0.5, 0.25, 0.5, 0, 0])
+    np.testing.assert_array_equal(c.next_state[:, 0].numpy(), [2, 2, 4, 4, 6, 6])
+    np.testing.assert_array_equal(c.actions.numpy(), b.actions.numpy())
+
+    # With takeover_as_failure too, an autonomous window that meets the takeover ends there.
+    both = buffer(cut_at_source_change=True, takeover_as_failure=True)
+    both.add_episodes([ep])
+    np.testing.assert_allclose(all_steps(both).discount.numpy(), [0, 0, 0.25, 0.5, 0, 0])
+
+    # A single-source episode is unchanged by the cut.
+    one, one_cut = buffer(), buffer(cut_at_source_change=True)
+    for buf in (one, one_cut):
+        buf.add_episodes([tiny_episode(7, success=True)])
+    for field in ("reward", "discount", "next_state"):
+        np.testing.assert_array_equal(
+            getattr(all_steps(one), field).numpy(), getattr(all_steps(one_cut), field).numpy()
+        )
+
+
 def test_actions_are_padded_by_repeating_the_last_action():
     buf = buffer(horizon=3)
     buf.add_episodes([tiny_episode(4)])

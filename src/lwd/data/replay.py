@@ -30,6 +30,12 @@ With ``takeover_as_failure`` an autonomous step's window also ends where the ope
 over (the first intervention step after an autonomous one, at ``j``): ``m = min(nH, T - t,
 j - t)`` and no bootstrap if ``j - t <= nH``, as if the policy's attempt had failed there.
 [choice, not the paper's: see ``OnlineConfig.takeover_as_failure``.]
+
+With ``cut_at_source_change`` a window also stops before the first step whose source differs
+from step ``t``'s (the operator taking over or handing back, at ``c``) and bootstraps there:
+``m = min(nH, T - t, c - t)``, ``discount = gamma^m`` if ``t + m < T``, ``next_state = s_{t+m}``.
+So an n-chunk return never mixes the policy's actions with a human's, the paper's reason for
+n = 1 online. [choice, not the paper's: see ``OnlineConfig.cut_at_source_change``.]
 """
 
 from __future__ import annotations
@@ -118,6 +124,7 @@ class ReplayBuffer:
         *,
         online: bool = False,
         takeover_as_failure: bool = False,
+        cut_at_source_change: bool = False,
     ) -> None:
         if horizon < 1:
             raise ValueError(f"horizon (chunk length H) must be >= 1, got {horizon}")
@@ -136,10 +143,11 @@ class ReplayBuffer:
         self.encoder = encoder
         self.online = bool(online)
         self.takeover_as_failure = bool(takeover_as_failure)
+        self.cut_at_source_change = bool(cut_at_source_change)
         span = self.n_step * self.horizon
         self._span = span
         self._powers = self.gamma ** np.arange(span, dtype=np.float64)  # (nH,)
-        self._full_discount = np.float32(self.gamma**span)
+        self._discounts = (self.gamma ** np.arange(span + 1)).astype(np.float32)  # gamma^m
         self._states: _Column | None = None  # created by the first episode (dims unknown now)
         self._actions: _Column | None = None
         self._images: _Column | None = None
@@ -387,16 +395,21 @@ class ReplayBuffer:
         state_row = flat + episode
         chunk = flat[:, None] + np.minimum(np.arange(self.horizon), chunk_left[:, None] - 1)
         k = np.arange(self._span)  # (nH,)
-        window = flat[:, None] + np.minimum(k, left[:, None] - 1)  # (B, nH)
-        weights = np.where(k < left[:, None], self._powers, 0.0)  # (B, nH)
+        stop = np.full(flat.shape, self._span)  # (B,) where the backup bootstraps
+        if self.cut_at_source_change:
+            seen = self._sources.data[flat[:, None] + np.minimum(k, chunk_left[:, None] - 1)]
+            change = seen != self._sources.data[flat][:, None]  # (B, nH); column 0 is False
+            stop = np.where(change.any(axis=1), change.argmax(axis=1), stop)
+        ahead = np.minimum(stop, left)  # (B,) rows from s_t to the bootstrap (or final) state
+        window = flat[:, None] + np.minimum(k, ahead[:, None] - 1)  # (B, nH)
+        weights = np.where(k < ahead[:, None], self._powers, 0.0)  # (B, nH)
         reward = (self._rewards.data[window] * weights).sum(axis=1).astype(np.float32)
-        ahead = np.minimum(self._span, left)  # (B,) rows from s_t to the bootstrap state
         out = {
             "state": self._states.data[state_row],
             "lang": self._lang.data[self._ep_instruction.data[episode]],
             "actions": self._actions.data[chunk],
             "reward": reward,
-            "discount": np.where(left > self._span, self._full_discount, np.float32(0.0)),
+            "discount": np.where(left > stop, self._discounts[stop], np.float32(0.0)),
             "next_state": self._states.data[state_row + ahead],
             "source": self._sources.data[flat].astype(np.int64),
             "policy_version": self._versions.data[flat].astype(np.int64),

@@ -129,9 +129,16 @@ def commit_checkpoint(out: Path, step: int, agent: Agent, rng, extra: dict, keep
 
 
 def build_offline_replay(
-    cfg: OfflineConfig, data_dir: Path, encoder: TextEncoder, horizon: int, known_tasks=None
+    cfg: OfflineConfig,
+    data_dir: Path,
+    encoder: TextEncoder,
+    horizon: int,
+    known_tasks=None,
+    *,
+    cut_at_source_change: bool = False,
 ) -> ReplayBuffer:
-    """The offline buffer: every episode of the latest snapshot made only of ``cfg.sources``."""
+    """The offline buffer: every episode of the latest snapshot made only of ``cfg.sources``
+    (``cut_at_source_change``: see :class:`lwd.data.replay.ReplayBuffer`)."""
     if not (data_dir / "index.sqlite").is_file():
         raise FileNotFoundError(
             f"{data_dir} is not an episode store (no index.sqlite); create one with "
@@ -140,7 +147,9 @@ def build_offline_replay(
     episodes = select_episodes(EpisodeStore(data_dir, known_tasks=known_tasks), cfg.sources)
     if not episodes:
         raise ValueError(f"{data_dir} has no episodes made only of sources {cfg.sources}")
-    replay = ReplayBuffer(horizon, cfg.n_step, cfg.gamma, encoder)
+    replay = ReplayBuffer(
+        horizon, cfg.n_step, cfg.gamma, encoder, cut_at_source_change=cut_at_source_change
+    )
     replay.add_episodes(episodes)
     return replay
 

@@ -187,7 +187,12 @@ class OnlineLearner:
         horizon = reference.cfg.chunk
         offline_cfg = OfflineConfig(n_step=cfg.n_step, gamma=cfg.gamma)
         self.offline = build_offline_replay(
-            offline_cfg, Path(offline_data), encoder, horizon, known_tasks
+            offline_cfg,
+            Path(offline_data),
+            encoder,
+            horizon,
+            known_tasks,
+            cut_at_source_change=cfg.cut_at_source_change,
         )
         self.online = ReplayBuffer(
             horizon,
@@ -196,6 +201,7 @@ class OnlineLearner:
             encoder,
             online=True,
             takeover_as_failure=cfg.takeover_as_failure,
+            cut_at_source_change=cfg.cut_at_source_change,
         )
         self.replay = MixedReplay(self.offline, self.online, cfg.online_fraction)
         self.rng = np.random.default_rng(cfg.seed)
