@@ -250,6 +250,8 @@ def cmd_learner(args) -> int:
         max_updates=args.max_updates,
         seed=args.seed,
         batch_size=args.batch_size,
+        n_step=args.n_step,
+        cut_at_source_change=args.cut_at_source_change,
         agent=_override(
             cfg.agent,
             lam=args.lam,
@@ -468,6 +470,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--best-of-n",
         type=int,
         help="act with the best of N flow samples under the critic (default: as --init acted)",
+    )
+    ln.add_argument("--n-step", type=int, help="chunks per TD backup online (paper: 1)")
+    ln.add_argument(
+        "--cut-at-source-change",
+        action="store_true",
+        default=None,
+        help="stop each n-chunk return before a step of another source (policy/human) and "
+        "bootstrap there, so --n-step > 1 never mixes them",
     )
     ln.add_argument("--status-file", help="write the learner's status here (JSON, atomically)")
     ln.add_argument("--seed", type=int)

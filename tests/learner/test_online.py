@@ -116,3 +116,18 @@ def test_a_time_based_refresh_picks_up_episodes_between_update_count_refreshes(s
     slow = make_learner(setup, tmp_path, "slow", dataclasses.replace(cfg, refresh_s=None))
     slow.run()
     assert [step for step, _ in slow.snapshots] == [0]
+
+
+def test_cut_at_source_change_reaches_both_buffers_and_the_cli(setup, tmp_path):
+    cfg = dataclasses.replace(CFG, n_step=3, cut_at_source_change=True, max_updates=2)
+    learner = make_learner(setup, tmp_path, "cut", cfg)
+    learner.run()
+    for buf in (learner.offline, learner.online):
+        assert buf.n_step == 3 and buf.cut_at_source_change
+
+    from lwd.cli import build_parser
+
+    base = ["learner", "--server", "http://x", "--init", "a", "--offline-data", "b", "--out", "c"]
+    args = build_parser().parse_args([*base, "--n-step", "10", "--cut-at-source-change"])
+    assert (args.n_step, args.cut_at_source_change) == (10, True)
+    assert build_parser().parse_args(base).cut_at_source_change is None  # preset's value kept
