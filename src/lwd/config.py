@@ -348,6 +348,11 @@ class DemoConfig:
     best_of_n: int = 16
     """The fleet acts with the best of N flow samples under the critic (1: one sample); needs
     the offline stage, as a critic from scratch ranks nothing."""
+    online_n_step: int = 1
+    """Chunks per TD backup in the online learner (the paper: 1)."""
+    cut_at_source_change: bool = False
+    """Online returns stop before a step of another source and bootstrap there
+    (``OnlineConfig.cut_at_source_change``)."""
     eval_episodes: int = 10
     """Fixed-protocol episodes per task for the start and final policies (0: skip)."""
     robot_nice: int = 15

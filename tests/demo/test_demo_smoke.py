@@ -20,6 +20,8 @@ def test_tiny_demo_runs_the_loop_and_reports(tmp_path):
         deploy_episodes=1,
         offline_steps=4,
         best_of_n=2,
+        online_n_step=2,
+        cut_at_source_change=True,
         eval_episodes=1,
         robot_nice=0,
     )
@@ -28,6 +30,8 @@ def test_tiny_demo_runs_the_loop_and_reports(tmp_path):
     assert report["learner"].get("step", 0) > 0
     saved = json.loads((tmp_path / "demo" / "report" / "report.json").read_text())
     assert saved["per_task"].keys() == {"press-center"}
+    online = json.loads((tmp_path / "demo" / "learner" / "online_config.json").read_text())
+    assert (online["n_step"], online["cut_at_source_change"]) == (2, True)
     # the fleet started from the offline stage: the SFT acting best-of-2 under its critic
     assert has_ranker(tmp_path / "demo" / "offline" / "policy")
     assert saved["evaluation"]["policies"] == ["sft", "start", "final"]

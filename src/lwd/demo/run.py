@@ -160,9 +160,10 @@ def _start_fleet(cfg: DemoConfig, out: Path, start: Start, port: int):
             "--lam", str(cfg.lam),
             "--actor-warmup", str(warmup),
             "--best-of-n", str(cfg.best_of_n),
+            "--n-step", str(cfg.online_n_step),
             "--seed", str(cfg.seed),
             "--status-file", str(out / "learner" / "status.json"),
-        ],
+        ] + (["--cut-at-source-change"] if cfg.cut_at_source_change else []),
     )  # fmt: skip
     per = max(1, cfg.robots_per_process)
     for k in range(0, cfg.robots, per):
