@@ -71,11 +71,10 @@ def evaluate(
             f"{policy} is not a policy checkpoint (no config.json); train one with "
             f"`lwd train sft`, or pass --policy operator to evaluate the scripted demonstrator"
         )
-    if cfg.best_of_n is not None and cfg.best_of_n > 1 and not _has_ranker(policy):
-        raise ValueError(
-            f"best-of-{cfg.best_of_n} needs a critic and {policy} has none; train with "
-            f"`lwd train offline --best-of-n N`, or leave best_of_n unset"
-        )
+    if policy != OPERATOR and cfg.best_of_n is not None and cfg.best_of_n > 1:
+        from lwd.policy.ranker import require_ranker  # torch: only when best-of-N is asked for
+
+        require_ranker(policy, cfg.best_of_n)  # here, before any worker starts
     jobs = plan_episodes(cfg)
     init = {"policy": policy if policy == OPERATOR else str(Path(policy).resolve())}
     init["best_of_n"] = cfg.best_of_n
@@ -88,11 +87,3 @@ def evaluate(
     order = {t.name: k for k, t in enumerate(get_suite(cfg.suite))}
     results.sort(key=lambda r: (order[r.task], r.seed))
     return EvalReport.from_results(policy, cfg, results)
-
-
-def _has_ranker(policy: str) -> bool:
-    if policy == OPERATOR:
-        return False
-    from lwd.policy.ranker import has_ranker  # torch: only when best-of-N is asked for
-
-    return has_ranker(policy)

@@ -130,8 +130,9 @@ class RobotAgent:
             versions are downloaded only between episodes.
         latest: how to ask for the server's newest version (default
             ``client.latest_policy``); a host of many robots shares one rate-limited query.
-        load: how to load a fetched version (default :func:`~lwd.policy.ranker.load_acting_policy` on ``device``); a
-            host shares one so that its robots share each version's weights.
+        load: how to load a fetched version (default
+            :func:`~lwd.policy.ranker.load_acting_policy` on ``device``); a host shares one so
+            that its robots share each version's weights.
         rollout: how to record an episode (default :func:`lwd.sim.rollout.policy_episode`).
         clock: unix seconds (injectable for tests).
         sleep: how to wait (injectable for tests).

@@ -127,6 +127,17 @@ def has_ranker(directory: str | Path) -> bool:
     return (Path(directory) / RANKER_CONFIG).is_file()
 
 
+def require_ranker(directory: str | Path, best_of_n: int | None) -> None:
+    """Raise :class:`CheckpointError` if ``best_of_n > 1`` is asked of a checkpoint without a
+    ranker (``None`` or 1: nothing to check)."""
+    if best_of_n is not None and best_of_n > 1 and not has_ranker(directory):
+        raise CheckpointError(
+            f"{directory}: best-of-{best_of_n} needs a critic, and this checkpoint has no "
+            f"{RANKER_CONFIG}; train with best_of_n > 1 (lwd train offline --best-of-n N), or "
+            f"act with one sample"
+        )
+
+
 def load_acting_policy(
     directory: str | Path, *, device: str | torch.device = "cpu", best_of_n: int | None = None
 ) -> FlowPolicy | BestOfN:
@@ -143,12 +154,8 @@ def load_acting_policy(
     """
     directory = Path(directory)
     policy = load_policy(directory, device=device)
+    require_ranker(directory, best_of_n)
     if not has_ranker(directory):
-        if best_of_n is not None and best_of_n > 1:
-            raise CheckpointError(
-                f"{directory}: best-of-{best_of_n} needs a critic, and this checkpoint has no "
-                f"{RANKER_CONFIG}; train with best_of_n > 1 (lwd train offline --best-of-n N)"
-            )
         return policy
     path = directory / RANKER_CONFIG
     data = _read_json(path)
