@@ -36,6 +36,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from result_file import RESULTS, setup_process, write_result  # noqa: E402
 
+from lwd.cli import setting_arg  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 ONLINE = ("lwd_online", "hgdagger", "recap")
 LABELS = {
@@ -46,17 +48,6 @@ LABELS = {
     "recap": "RECAP",
 }
 PROTOCOL = ("suite", "episodes_per_task", "seed", "perturb", "num_robots")
-
-
-def setting(text: str) -> tuple[str, object]:
-    """``FIELD=VALUE`` -> (field, value); the value is read as JSON when it is JSON."""
-    field, eq, value = text.partition("=")
-    if not eq or not field:
-        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
-    try:
-        return field, json.loads(value)
-    except json.JSONDecodeError:
-        return field, value
 
 
 def parse() -> argparse.Namespace:
@@ -101,7 +92,7 @@ def parse() -> argparse.Namespace:
         "--set",
         action="append",
         default=[],
-        type=setting,
+        type=setting_arg,
         metavar="FIELD=VALUE",
         help="LWD-online: set a field of OnlineConfig or AgentConfig (repeatable; e.g. "
         "n_step=10, extraction=none)",

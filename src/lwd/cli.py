@@ -58,6 +58,16 @@ def _override(cfg, **values):
     return dataclasses.replace(cfg, **{k: v for k, v in values.items() if v is not None})
 
 
+def setting_arg(text: str):
+    """argparse type for ``FIELD=VALUE`` (:func:`lwd.config.parse_setting`)."""
+    from lwd.config import parse_setting
+
+    try:
+        return parse_setting(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 # -- commands ------------------------------------------------------------------------------
 def cmd_data_generate(args) -> int:
     from lwd.sim.generate import GenerateConfig, generate
@@ -327,10 +337,10 @@ def cmd_eval(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from lwd.config import preset
+    from lwd.config import preset, with_settings
     from lwd.demo.run import run_demo
 
-    cfg = preset(args.preset)
+    cfg = with_settings(preset(args.preset), args.set)
     cfg = _override(cfg, minutes=args.minutes, robots=args.robots, best_of_n=args.best_of_n)
     run_demo(cfg, Path(args.out), workers=args.workers, port=args.port)
     return 0
@@ -497,6 +507,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--port", type=int, help="server port (default: a free one)")
     d.add_argument("--workers", type=int, default=2, help="processes for data and evaluation")
+    d.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        type=setting_arg,
+        metavar="FIELD=VALUE",
+        help="set a DemoConfig field of the preset (repeatable; e.g. policy_width=256)",
+    )
     d.set_defaults(func=cmd_demo)
     return p
 

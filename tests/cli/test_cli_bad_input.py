@@ -19,6 +19,7 @@ from lwd.cli import main
         (["data", "generate", "--out", "/tmp/x", "--episodes", "0"], "at least 1"),
         (["data", "generate", "--out", "/tmp/x", "--suite", "fleet"], "did you mean 'fleet8'"),
         (["data", "info", "/no/such/store"], "not an episode store"),
+        (["demo", "--set", "policy_widht=256"], "did you mean policy_width"),
     ],
 )
 def test_bad_input_is_a_clear_error(argv, expected, capsys):
@@ -55,3 +56,10 @@ def test_unknown_command_is_a_usage_error():
     with pytest.raises(SystemExit) as exc:
         main(["fly"])
     assert exc.value.code == 2
+
+
+def test_a_demo_setting_without_a_value_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--set", "policy_width"])
+    assert exit_.value.code == 2
+    assert "expected FIELD=VALUE" in capsys.readouterr().err

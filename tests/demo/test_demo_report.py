@@ -92,6 +92,35 @@ def test_the_report_shows_every_evaluated_policy_in_order(fleet):
     assert average.index("20%") < average.index("40%") < average.index("60%")
 
 
+def test_evaluations_give_standard_errors_and_paired_differences(fleet, tmp_path, monkeypatch):
+    from lwd.config import DemoConfig
+    from lwd.demo import run
+    from lwd.demo.report import improvement_lines
+
+    # 4 episodes (seeds 0..3); sft succeeds on seeds 0, 1; final on 0, 1, 2
+    wins = {"sft": {0, 1}, "final": {0, 1, 2}}
+
+    def evaluated(policy, protocol, cache, console, what):
+        outcomes = {f"open-drawer/{i}": float(i in wins[policy.name]) for i in range(4)}
+        return {"success": {"open-drawer": sum(outcomes.values()) / 4}, "outcomes": outcomes}
+
+    monkeypatch.setattr(run, "_evaluate_cached", evaluated)
+    cfg = DemoConfig(tasks=("open-drawer",), eval_episodes=4)
+    policies = {"sft": tmp_path / "sft", "final": tmp_path / "final"}
+    ev = run.evaluate_policies(cfg, policies, 1, Console())
+    assert ev["sft_avg"] == 0.5 and ev["final_avg"] == 0.75
+    assert ev["sft_se"] == pytest.approx((1 / 3 / 4) ** 0.5)  # var of 1,1,0,0 (ddof 1): 1/3
+    # differences 0, 0, 1, 0: mean 1/4, var (3 * 1/16 + 9/16) / 3 = 1/4, se sqrt(1/16)
+    assert (ev["final_minus_sft"], ev["final_minus_sft_n"]) == (0.25, 4)
+    assert ev["final_minus_sft_se"] == pytest.approx(0.25)
+    report = fleet_report(fleet, ev)
+    assert improvement_lines(report) == [
+        "final − sft: +25 points ± 25 (s.e., paired over 4 episodes)"
+    ]
+    paths = write_report(report, tmp_path / "report")
+    assert paths[-1].name == "evaluation.png" and paths[-1].stat().st_size > 1000
+
+
 def test_a_fleet_too_big_for_the_memory_is_refused_before_it_starts():
     from lwd.config import DemoConfig, preset
     from lwd.demo.run import ACTIVE_ROBOT_MB, IDLE_ROBOT_MB, check_memory, fleet_memory_mb

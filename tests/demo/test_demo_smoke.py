@@ -1,14 +1,18 @@
 """The whole loop through `lwd demo`'s runner, tiny: real server, robot and learner processes."""
 
+import dataclasses
 import json
+
+import pytest
+from rich.console import Console
 
 from lwd.config import DemoConfig
 from lwd.data.store import EpisodeStore
-from lwd.demo.run import run_demo
+from lwd.demo.run import evaluate_policies, run_demo
 from lwd.policy.ranker import has_ranker
 
 
-def test_tiny_demo_runs_the_loop_and_reports(tmp_path):
+def test_tiny_demo_runs_the_loop_and_reports(tmp_path, monkeypatch):
     cfg = DemoConfig(
         robots=1,
         minutes=0.6,
@@ -39,3 +43,16 @@ def test_tiny_demo_runs_the_loop_and_reports(tmp_path):
     assert len(deployed) == len(EpisodeStore(tmp_path / "demo" / "data")) + 1
     for png in ("success_vs_robot_hours", "intervention_rate", "data_plane_latency"):
         assert (tmp_path / "demo" / "report" / f"{png}.png").stat().st_size > 1000
+    # the cached start is only reused with the settings it was built with
+    with pytest.raises(ValueError, match="policy_width: 32 there, 64 asked"):
+        run_demo(dataclasses.replace(cfg, policy_width=64), tmp_path / "demo", workers=1)
+    # evaluations are cached by policy content and protocol: the SFT's is not run again
+    monkeypatch.setattr("lwd.eval.evaluator.evaluate", _must_not_run)
+    again = evaluate_policies(
+        cfg, {"sft": tmp_path / "demo" / "sft"}, 1, Console(), cache=tmp_path / "demo" / "evals"
+    )
+    assert again["sft"] == saved["evaluation"]["sft"]
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("a cached evaluation was run again")

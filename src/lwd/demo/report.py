@@ -157,8 +157,31 @@ def report_table(report: dict) -> Table:
         row += [_pct(evaluation[name].get(task, math.nan)) for name in evaluated]
         table.add_row(*row)
     if evaluated:
-        table.add_row("average", "", "", *[_pct(evaluation[f"{n}_avg"]) for n in evaluated])
+        table.add_row("average", "", "", *[_avg_cell(evaluation, n) for n in evaluated])
     return table
+
+
+def _avg_cell(evaluation: dict, name: str) -> str:
+    se = evaluation.get(f"{name}_se")
+    avg = _pct(evaluation[f"{name}_avg"])
+    return avg if se is None else f"{avg} ± {100 * se:.0f}"
+
+
+def improvement_lines(report: dict) -> list[str]:
+    """The last evaluated policy against each earlier one, paired over the same episodes:
+    ``final − sft: +13 points ± 5 (s.e., paired over 120 episodes)``."""
+    evaluation = report.get("evaluation") or {}
+    names = evaluation.get("policies", [])
+    lines = []
+    for name in names[:-1]:
+        key = f"{names[-1]}_minus_{name}"
+        if key in evaluation:
+            lines.append(
+                f"{names[-1]} − {name}: {100 * evaluation[key]:+.0f} points "
+                f"± {100 * evaluation[key + '_se']:.0f} (s.e., paired over "
+                f"{evaluation[key + '_n']} episodes)"
+            )
+    return lines
 
 
 def latency_table(report: dict) -> Table:
@@ -224,4 +247,27 @@ def write_report(report: dict, out: Path) -> list[Path]:
     ax.set(xlabel="seconds")
     ax.legend()
     paths.append(save(fig, out / "data_plane_latency.png"))
+
+    evaluation = report.get("evaluation") or {}
+    if evaluation.get("policies"):
+        paths.append(save(_evaluation_figure(plt, evaluation), out / "evaluation.png"))
     return paths
+
+
+def _evaluation_figure(plt, evaluation: dict):
+    """Fixed-protocol success per task and on average, one bar per policy (average: ± s.e.)."""
+    names = evaluation["policies"]
+    tasks = list(evaluation[names[0]])
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        x = np.arange(len(tasks) + 1) + (k - (len(names) - 1) / 2) * width
+        values = [evaluation[name][t] for t in tasks] + [evaluation[f"{name}_avg"]]
+        errors = [0.0] * len(tasks) + [evaluation.get(f"{name}_se", 0.0)]
+        ax.bar(x, values, width, yerr=errors, capsize=3, label=name)
+    ax.set_xticks(range(len(tasks) + 1), tasks + ["average"], fontsize=8)
+    ax.set(ylabel="success", title=f"fixed protocol, {evaluation['episodes_per_task']}/task")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    return fig

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import shutil
 import time
 from pathlib import Path
@@ -30,7 +31,13 @@ from rich.live import Live
 
 from lwd.config import DemoConfig, EvalConfig, SFTConfig
 from lwd.demo.processes import FleetProcesses, free_port
-from lwd.demo.report import fleet_report, latency_table, report_table, write_report
+from lwd.demo.report import (
+    fleet_report,
+    improvement_lines,
+    latency_table,
+    report_table,
+    write_report,
+)
 from lwd.demo.view import render
 from lwd.demo.watch import FleetWatch
 from lwd.sim.generate import GenerateConfig, generate
@@ -52,6 +59,7 @@ def build_start(cfg: DemoConfig, out: Path, workers: int, console: Console) -> S
     """Data, SFT and (with ``cfg.offline_steps``) the offline stage; each built once, then reused."""
     from lwd.learner.sft import train_sft
 
+    _claim_start(cfg, out)
     data, sft = out / "data", out / "sft"
     _generate(
         data,
@@ -85,6 +93,38 @@ def build_start(cfg: DemoConfig, out: Path, workers: int, console: Console) -> S
         _generate(deployed, record, console, "the SFT's deployment record", copy_of=data)
         data = deployed
     return Start(data, sft, _offline_stage(cfg, data, sft, out / "offline", console))
+
+
+START_FIELDS = (
+    "tasks",
+    "episodes_per_task",
+    "sft_steps",
+    "policy_width",
+    "critic_width",
+    "deploy_episodes",
+    "offline_steps",
+    "seed",
+)
+"""The DemoConfig fields the cached start is built from."""
+
+
+def _claim_start(cfg: DemoConfig, out: Path) -> None:
+    """Record what the start in ``out`` is built from; refuse to reuse one built otherwise
+    (a cached SFT of another width or data would silently stand in for the one asked for)."""
+    wanted = {k: v for k, v in dataclasses.asdict(cfg).items() if k in START_FIELDS}
+    wanted["tasks"] = list(wanted["tasks"])
+    record = out / "start.json"
+    if record.is_file():
+        built = json.loads(record.read_text())
+        changed = sorted(k for k in wanted if built.get(k) != wanted[k])
+        if changed:
+            diff = ", ".join(f"{k}: {built.get(k)!r} there, {wanted[k]!r} asked" for k in changed)
+            raise ValueError(
+                f"{out} holds a demo start built with other settings ({diff}); pass another "
+                "--out to build a new start there, or the same settings to reuse it"
+            )
+        return
+    record.write_text(json.dumps(wanted, indent=1))
 
 
 @contextlib.contextmanager
@@ -137,8 +177,6 @@ def _offline_stage(cfg: DemoConfig, data: Path, sft: Path, run: Path, console: C
 
 
 def _unfinished(sft: Path, steps: int) -> bool:
-    import json
-
     state = sft / "trainer_state.json"
     return state.is_file() and json.loads(state.read_text()).get("step", steps) < steps
 
@@ -182,23 +220,81 @@ def _start_fleet(cfg: DemoConfig, out: Path, start: Start, port: int):
 
 
 def evaluate_policies(
-    cfg: DemoConfig, policies: dict[str, Path], workers: int, console: Console
+    cfg: DemoConfig,
+    policies: dict[str, Path],
+    workers: int,
+    console: Console,
+    cache: Path | None = None,
 ) -> dict:
     """Each policy on the fixed protocol (same seeds and perturbations) for the demo tasks.
 
     ``policies``: name -> checkpoint, in the order the report shows them (``sft`` when the
-    fleet did not start from it, ``start``: the fleet's first version, ``final``).
-    """
-    from lwd.eval.evaluator import evaluate
+    fleet did not start from it, ``start``: the fleet's first version, ``final``). With
+    ``cache``, a policy whose files and protocol equal an earlier evaluation's is not run again
+    (the SFT and the start are the same in every run from one cached start).
 
+    Returns per-task success per policy, ``<name>_avg`` and ``<name>_se`` (over all episodes),
+    and for the last policy against each earlier one the paired difference over the same
+    episodes: ``<last>_minus_<name>``, its standard error ``..._se`` and the number of pairs ``..._n``.
+    """
     protocol = EvalConfig(tasks=cfg.tasks, episodes_per_task=cfg.eval_episodes, workers=workers)
     result = {"episodes_per_task": cfg.eval_episodes, "policies": list(policies)}
+    outcomes = {}
     for name, policy in policies.items():
-        with _status(console, f"evaluating the {name} policy", "episodes") as on:
-            report = evaluate(policy, protocol, on_episode=on)
-        result[name] = {t.task: t.success for t in report.tasks}
-        result[f"{name}_avg"] = report.avg_success
+        record = _evaluate_cached(policy, protocol, cache, console, f"the {name} policy")
+        outcomes[name] = record["outcomes"]
+        result[name] = record["success"]
+        result[f"{name}_avg"], result[f"{name}_se"] = mean_se(list(record["outcomes"].values()))
+    last = list(policies)[-1]
+    for name in list(policies)[:-1]:
+        pairs = outcomes[last].keys() & outcomes[name].keys()
+        diff, se = mean_se([outcomes[last][k] - outcomes[name][k] for k in sorted(pairs)])
+        result[f"{last}_minus_{name}"], result[f"{last}_minus_{name}_se"] = diff, se
+        result[f"{last}_minus_{name}_n"] = len(pairs)
     return result
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (0 for fewer than two values)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, (var / n) ** 0.5
+
+
+def _evaluate_cached(
+    policy: Path, protocol: EvalConfig, cache: Path | None, console: Console, what: str
+) -> dict:
+    """``{"success": task -> rate, "outcomes": "task/seed" -> 0 or 1}`` of ``policy`` on
+    ``protocol``; read from ``cache`` when an equal policy was evaluated there the same way."""
+    import hashlib
+
+    from lwd.config import to_dict
+    from lwd.eval.evaluator import evaluate
+    from lwd.fleet.registry import build_archive
+
+    want = json.loads(json.dumps({k: v for k, v in to_dict(protocol).items() if k != "workers"}))
+    saved = None
+    if cache is not None:
+        saved = cache / f"{hashlib.sha256(build_archive(policy)).hexdigest()[:20]}.json"
+        if saved.is_file():
+            record = json.loads(saved.read_text())
+            if record.get("protocol") == want:
+                return record
+    with _status(console, f"evaluating {what}", "episodes") as on:
+        report = evaluate(policy, protocol, on_episode=on)
+    record = {
+        "protocol": want,
+        "policy": str(policy),
+        "success": {t.task: t.success for t in report.tasks},
+        "outcomes": {f"{e.task}/{e.seed}": float(e.success) for e in report.episodes},
+    }
+    if saved is not None:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(record))
+    return record
 
 
 ACTIVE_ROBOT_MB = 300
@@ -285,10 +381,12 @@ def run_demo(cfg: DemoConfig, out: Path, workers: int = 2, port: int | None = No
         policies = {"start": watch.registry.get(versions[0]), "final": final}
         if start.init != start.sft:
             policies = {"sft": start.sft} | policies
-        evaluation = evaluate_policies(cfg, policies, workers, console)
+        evaluation = evaluate_policies(cfg, policies, workers, console, cache=out / "evals")
     report = fleet_report(watch, evaluation)
     paths = write_report(report, out / "report")
     console.print(report_table(report))
+    for line in improvement_lines(report):
+        console.print(line)
     console.print(latency_table(report))
     console.print(
         f"{report['episodes']} episodes, {report['robot_hours']:.2f} robot-hours, "
