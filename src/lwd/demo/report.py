@@ -262,9 +262,10 @@ def _evaluation_figure(plt, evaluation: dict):
     width = 0.8 / len(names)
     for k, name in enumerate(names):
         x = np.arange(len(tasks) + 1) + (k - (len(names) - 1) / 2) * width
-        values = [evaluation[name][t] for t in tasks] + [evaluation[f"{name}_avg"]]
-        errors = [0.0] * len(tasks) + [evaluation.get(f"{name}_se", 0.0)]
-        ax.bar(x, values, width, yerr=errors, capsize=3, label=name)
+        bars = ax.bar(x[:-1], [evaluation[name][t] for t in tasks], width, label=name)
+        se = evaluation.get(f"{name}_se")
+        ax.bar(x[-1:], [evaluation[f"{name}_avg"]], width, color=bars.patches[0].get_facecolor(),
+               yerr=None if se is None else [se], capsize=3)  # fmt: skip
     ax.set_xticks(range(len(tasks) + 1), tasks + ["average"], fontsize=8)
     ax.set(ylabel="success", title=f"fixed protocol, {evaluation['episodes_per_task']}/task")
     ax.set_ylim(0, 1.05)
