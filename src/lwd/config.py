@@ -416,21 +416,9 @@ def parse_setting(text: str) -> tuple[str, Any]:
 
 
 def with_settings(cfg: T, settings: Iterable[tuple[str, Any]]) -> T:
-    """``cfg`` with the given top-level fields replaced (lists become tuples where the field is
-    one); an unknown field is an error that names the known ones."""
-    fields = {f.name: f for f in dataclasses.fields(cfg)}
-    changes = {}
-    for name, value in settings:
-        if name not in fields:
-            close = difflib.get_close_matches(name, list(fields), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ValueError(
-                f"{type(cfg).__name__} has no field {name!r}{hint} (known: {', '.join(fields)})"
-            )
-        if isinstance(value, list) and "tuple" in str(fields[name].type):
-            value = tuple(value)
-        changes[name] = value
-    return dataclasses.replace(cfg, **changes)
+    """``cfg`` with the given top-level fields replaced, checked as :func:`from_dict` checks a
+    saved config (unknown fields are an error; lists become tuples)."""
+    return from_dict(type(cfg), to_dict(cfg) | dict(settings))
 
 
 def to_dict(cfg: Any) -> dict:
@@ -445,7 +433,11 @@ def from_dict(cls: type[T], data: dict) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(fields)}")
+        close = difflib.get_close_matches(unknown[0], list(fields), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"unknown {cls.__name__} fields {unknown}{hint} (known: {', '.join(fields)})"
+        )
     kwargs = {}
     for name, value in data.items():
         ftype = fields[name].type
