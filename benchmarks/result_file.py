@@ -71,4 +71,7 @@ def setup_process() -> None:
     os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
     import warnings
 
+    from lwd.allocator import keep_freed_memory
+
     warnings.filterwarnings("ignore")
+    keep_freed_memory()

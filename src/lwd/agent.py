@@ -80,6 +80,16 @@ def check_agent_config(cfg: AgentConfig) -> None:
         raise ValueError(f"AgentConfig.best_of_n must be >= 1 (1 = off), got {cfg.best_of_n}")
 
 
+def _adam(params, lr: float) -> torch.optim.Adam:
+    # One fused kernel per step instead of a dozen ops per tensor (same update, CPU and CUDA).
+    return torch.optim.Adam(params, lr=lr, fused=True)
+
+
+def _ema(target: nn.Module, source: nn.Module, rate: float) -> None:
+    """``target <- target + rate (source - target)``, parameter by parameter (call without grad)."""
+    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), rate)
+
+
 def _frozen(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         p.requires_grad_(False)
@@ -124,16 +134,14 @@ class Agent(nn.Module):
         self.target_critic = _frozen(copy.deepcopy(self.critic))
         self.register_buffer("support", value_support(cfg.num_atoms, cfg.v_min, cfg.v_max))
         self.optimizers = {
-            "value": torch.optim.Adam(self.value.parameters(), lr=cfg.value_lr),
-            "critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr),
+            "value": _adam(self.value.parameters(), cfg.value_lr),
+            "critic": _adam(self.critic.parameters(), cfg.critic_lr),
         }
         self.actor_params = [p for p in self.policy.parameters() if p.requires_grad]
         if cfg.extraction != "none":
-            self.optimizers["actor"] = torch.optim.Adam(self.actor_params, lr=cfg.actor_lr)
+            self.optimizers["actor"] = _adam(self.actor_params, cfg.actor_lr)
         if self.reference_bc is not None:
-            self.optimizers["reference"] = torch.optim.Adam(
-                self.reference_bc.parameters(), lr=cfg.reference_lr
-            )
+            self.optimizers["reference"] = _adam(self.reference_bc.parameters(), cfg.reference_lr)
 
     # ------------------------------------------------------------------------ read-outs
     def acting_policy(self) -> FlowPolicy:
@@ -219,10 +227,7 @@ class Agent(nn.Module):
 
         # 5. EMA of the target critic.
         with torch.no_grad():
-            for p, tp in zip(
-                self.critic.parameters(), self.target_critic.parameters(), strict=False
-            ):
-                tp.lerp_(p, cfg.ema)
+            _ema(self.target_critic, self.critic, cfg.ema)
 
         since = self.updates - cfg.actor_warmup
         if cfg.extraction != "none" and since >= 0 and since % cfg.actor_every == 0:
@@ -241,10 +246,7 @@ class Agent(nn.Module):
                 "reference", loss_bc, self.reference_bc.parameters()
             )
             with torch.no_grad():
-                for p, tp in zip(
-                    self.reference_bc.parameters(), self.reference.parameters(), strict=True
-                ):
-                    tp.lerp_(p, cfg.ema)
+                _ema(self.reference, self.reference_bc, cfg.ema)
         self.updates += 1
         return {k: float(v) for k, v in metrics.items()}
 

@@ -24,6 +24,9 @@ def _setup_process(threads: int | None) -> None:
     warnings.filterwarnings("ignore", module="glfw")
     import torch
 
+    from lwd.allocator import keep_freed_memory
+
+    keep_freed_memory()
     if threads:
         torch.set_num_threads(threads)
 

@@ -1,12 +1,14 @@
 """Known answers for the QAM pieces: sigma, the lean adjoint on a linear field, the loss."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from lwd.algo.qam import (
     adjoint_matching_loss,
+    autograd_vjp,
     lean_adjoint,
     memoryless_rollout,
     memoryless_sigma,
@@ -57,7 +59,7 @@ def test_lean_adjoint_on_a_linear_field_matches_the_matrix_product():
 
     xs = [torch.randn(2, d) for _ in range(k + 1)]
     g_k = torch.randn(2, d)
-    adj = lean_adjoint(reference, xs, g_k, k)
+    adj = lean_adjoint(autograd_vjp(reference, xs, [(i + 1) * h for i in range(k)]), g_k, k)
     g = g_k.clone()
     expected = [None] * k
     for i in reversed(range(k)):
@@ -71,7 +73,8 @@ def test_lean_adjoint_on_a_linear_field_matches_the_matrix_product():
 def test_lean_adjoint_scalar_closed_form():
     k, c = 5, 0.7
     h = 1 / k
-    adj = lean_adjoint(lambda x, t: c * x, [torch.zeros(1, 1)] * (k + 1), torch.ones(1, 1), k)
+    xs = [torch.zeros(1, 1)] * (k + 1)
+    adj = lean_adjoint(autograd_vjp(lambda x, t: c * x, xs, [h] * k), torch.ones(1, 1), k)
     prod = 1.0
     for i in reversed(range(k)):
         prod *= 1 + h * (2 * c - 1 / (i * h + h))
@@ -128,6 +131,15 @@ class _GaussianFlow(torch.nn.Module):
         w = torch.as_tensor(w, dtype=x.dtype).expand(x.shape[0])[:, None]
         v = (2 * w - 1) / (w**2 + (1 - w) ** 2) * x
         return v if self.net is None else v + self.net(torch.cat([x, w], -1))
+
+    def velocity_steps(self, ctx, xs, times):
+        return torch.stack([self.velocity(ctx, x, t) for x, t in zip(xs, times, strict=True)])
+
+    def linearize(self, ctx, xs, times):
+        with torch.no_grad():
+            v = self.velocity_steps(ctx, xs, times)
+        field_vjp = autograd_vjp(lambda x, t: self.velocity(ctx, x, t), xs, times)
+        return v, SimpleNamespace(vjp=field_vjp)
 
 
 def test_qam_tilts_a_gaussian_reference_to_the_q_weighted_target():

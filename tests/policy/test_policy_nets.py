@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from lwd.config import PolicyConfig
 from lwd.nets.image import ImageEncoder
-from lwd.nets.mlp import MLP, sinusoidal_time_embedding
+from lwd.nets.mlp import MLP, Linearization, sinusoidal_time_embedding
 from lwd.nets.velocity import VelocityField
 
 TINY = PolicyConfig(state_dim=6, action_dim=2, chunk=3, width=32, depth=2, lang_dim=8)
@@ -66,6 +67,39 @@ def test_velocity_field_context_path_equals_forward():
         field.velocity(ctx, x, 0.3), field.velocity(ctx, x, torch.full((4,), 0.3))
     )
     assert field(state, lang, x, w).shape == (4, 6)
+
+
+@pytest.mark.parametrize("layer_norm", [True, False])
+def test_batched_steps_and_hand_written_vjps_match_autograd(layer_norm):
+    """``velocity_steps`` equals per-step ``velocity``; ``linearize(...).vjp`` equals autograd's
+    VJP in ``x`` at every step (float64, so any mismatch is a real one)."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(TINY, depth=3, layer_norm=layer_norm)
+    field = VelocityField(cfg).double()
+    k, b = 4, 5
+    ctx = field.encode_context(torch.randn(b, 6).double(), torch.randn(b, 8).double())
+    xs, times = torch.randn(k, b, 6).double(), torch.rand(k).double()
+    per_step = torch.stack([field.velocity(ctx, xs[i], times[i]) for i in range(k)])
+    torch.testing.assert_close(field.velocity_steps(ctx, xs, times), per_step)
+    v, lin = field.linearize(ctx, xs, times)
+    torch.testing.assert_close(v, per_step)
+    assert not v.requires_grad
+    for i in range(k):
+        g = torch.randn(b, 6).double()
+        x = xs[i].clone().requires_grad_(True)
+        (expected,) = torch.autograd.grad(field.velocity(ctx, x, times[i]), x, grad_outputs=g)
+        torch.testing.assert_close(lin.vjp(i, g), expected)
+
+
+def test_linearization_refuses_layers_it_cannot_differentiate():
+    lin = Linearization(torch.eye(3))
+    with pytest.raises(TypeError, match="SiLU"):
+        lin.record(torch.nn.SiLU(), torch.zeros(2, 3))
+    with pytest.raises(TypeError, match="GELU"):
+        lin.record(torch.nn.GELU(approximate="tanh"), torch.zeros(2, 3))
+    field = VelocityField(TINY)
+    with pytest.raises(ValueError, match="times must have shape"):
+        field.velocity_steps(torch.zeros(2, TINY.width), torch.zeros(3, 2, 6), torch.zeros(2))
 
 
 def test_velocity_field_with_images_and_shape_errors():

@@ -42,7 +42,10 @@ def qam_actor_loss(
 
     The rollout of ``f_theta`` passes through exactly the points ``(x_i, t_i)`` where the
     regression needs ``f_theta``, so its outputs are kept (with their graph) and reused instead
-    of evaluating the field again; ``f_ref`` at those points is one batched call of ``K * B`` rows.
+    of evaluating the field again. After the rollout every ``x_i`` is known, so ``f_ref`` runs
+    as two batched calls of ``K * B`` rows: a linearised one at ``(x_i, t_i + h)`` whose
+    hand-written VJPs drive the lean adjoint (instead of ``K`` autograd forward-backward
+    pairs) and one at ``(x_i, t_i)`` for the regression target.
 
     Args:
         finetuned: ``f_theta`` (gradients flow only here).
@@ -56,10 +59,11 @@ def qam_actor_loss(
         generator: RNG for the noise.
         rollout: "finetuned" (QAM) or "reference" (LWD's Algorithm 2) field for the rollout.
     """
-    b = state_n.shape[0]
-    ctx_ft = finetuned.encode_context(state_n, lang, image)  # with gradient, for the loss
+    b, size = state_n.shape[0], finetuned.action_size
+    h = 1.0 / steps
     with torch.no_grad():
         ctx_ref = reference.encode_context(state_n, lang, image)
+    ctx_ft = finetuned.encode_context(state_n, lang, image)  # with gradient, for the loss
     kept: list[torch.Tensor] = []
 
     def v_ft(x, t):  # with gradient into f_theta; the rollout itself detaches
@@ -71,22 +75,21 @@ def qam_actor_loss(
         with torch.no_grad():
             return reference.velocity(ctx_ref, x, t)
 
-    size = finetuned.action_size
     x0 = torch.randn(b, size, generator=generator, device=state_n.device)
     xs = memoryless_rollout(v_ft if rollout == "finetuned" else v_ref, x0, steps, generator)
     g_terminal, q = terminal_adjoint(q_fn, xs[-1], lam)
-    adjoints = lean_adjoint(reference_velocity(reference, ctx_ref), xs, g_terminal, steps)
 
-    h = 1.0 / steps
+    # Every x_i is known now, so f_ref runs as batched calls of K * B rows.
     times = torch.arange(steps, dtype=state_n.dtype, device=state_n.device) * h
-    x_all = torch.cat(xs[:steps])  # (K*B, X), block i = step i
-    t_all = times.repeat_interleave(b)
+    x_steps = torch.stack(xs[:steps])  # (K, B, X), block i = step i
+    _, lin = reference.linearize(ctx_ref, x_steps, times + h)
+    adjoints = lean_adjoint(lin.vjp, g_terminal, steps)
+    with torch.no_grad():
+        v_base = reference.velocity_steps(ctx_ref, x_steps, times)
     if rollout == "finetuned":
         v_fine = torch.stack(kept)
     else:
-        v_fine = finetuned.velocity(ctx_ft.repeat(steps, 1), x_all, t_all).view(steps, b, size)
-    with torch.no_grad():
-        v_base = reference.velocity(ctx_ref.repeat(steps, 1), x_all, t_all).view(steps, b, size)
+        v_fine = finetuned.velocity_steps(ctx_ft, x_steps, times)
     loss = adjoint_matching_loss(v_fine, v_base, adjoints, memoryless_sigma(times, h))
     metrics = {
         "actor/qam_loss": loss.detach(),
@@ -95,15 +98,6 @@ def qam_actor_loss(
         "actor/velocity_gap": (v_fine.detach() - v_base).norm(dim=-1).mean(),
     }
     return loss, metrics
-
-
-def reference_velocity(reference: nn.Module, ctx: torch.Tensor):
-    """``(x, t) -> f_ref(ctx, x, t)``, differentiable in ``x`` (for the lean adjoint's VJPs)."""
-
-    def velocity(x: torch.Tensor, t) -> torch.Tensor:
-        return reference.velocity(ctx, x, t)
-
-    return velocity
 
 
 def flow_ode(field: nn.Module, ctx: torch.Tensor, x0: torch.Tensor, steps: int) -> torch.Tensor:

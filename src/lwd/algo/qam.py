@@ -5,7 +5,7 @@ by regressing it onto the reference flow plus an adjoint correction::
 
     xs = memoryless_rollout(f_theta, x0, K)                 # K+1 states, no gradient
     g_K = -(1/lambda) dQ_target(s, clip(x_K)) / dx_K        # terminal adjoint
-    gs = lean_adjoint(f_ref, xs, g_K, K)                     # backwards, through f_ref only
+    gs = lean_adjoint(vjp of f_ref at (x_i, t_i + h), g_K, K)  # backwards, f_ref only
     L = adjoint_matching_loss(f_theta(xs), f_ref(xs), gs, sigmas)
 
 Flow time ``w`` runs from 0 (noise) to 1 (data) in ``K`` Euler steps of ``h = 1 / K``; step ``i``
@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 
 Velocity = Callable[[torch.Tensor, "float | torch.Tensor"], torch.Tensor]
+FieldVJP = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 def memoryless_sigma(w: torch.Tensor | float, h: float = 0.0) -> torch.Tensor | float:
@@ -74,18 +75,17 @@ def memoryless_rollout(
     return xs
 
 
-def lean_adjoint(
-    reference: Velocity, xs: list[torch.Tensor], terminal: torch.Tensor, steps: int
-) -> torch.Tensor:
+def lean_adjoint(field_vjp: FieldVJP, terminal: torch.Tensor, steps: int) -> torch.Tensor:
     """Integrate the lean adjoint backwards through the *reference* field only.
 
     ``g_K = terminal``; for ``i = K-1 .. 0``:
-    ``g_i = g_{i+1} + h * VJP_x[2 f_ref(x_i, t_i + h) - x_i / (t_i + h)](g_{i+1})``.
+    ``g_i = g_{i+1} + h * VJP_x[2 f_ref(x_i, t_i + h) - x_i / (t_i + h)](g_{i+1})``
+    ``= g_{i+1} + h * (2 field_vjp(i, g_{i+1}) - g_{i+1} / (t_i + h))``.
     Nothing is differentiated through the sampling chain or the fine-tuned field.
 
     Args:
-        reference: the frozen reference velocity.
-        xs: ``x_0 .. x_K`` from :func:`memoryless_rollout`.
+        field_vjp: ``(i, g) -> g^T df_ref/dx`` at ``(x_i, t_i + h)``; see :func:`autograd_vjp`
+            (any field) and :meth:`lwd.nets.velocity.VelocityField.linearize` (batched).
         terminal: ``(B, X)`` terminal adjoint ``g_K``.
         steps: ``K``.
 
@@ -97,13 +97,25 @@ def lean_adjoint(
     out = [None] * steps
     for i in reversed(range(steps)):
         t = i * h
-        with torch.enable_grad():
-            x = xs[i].detach().requires_grad_(True)
-            y = 2.0 * reference(x, t + h) - x / (t + h)
-            (vjp,) = torch.autograd.grad(y, x, grad_outputs=g)
-        g = g + h * vjp
+        g = g + h * (2.0 * field_vjp(i, g) - g / (t + h))
         out[i] = g
     return torch.stack(out)
+
+
+def autograd_vjp(field: Velocity, xs, times) -> FieldVJP:
+    """``(i, g) -> g^T df/dx`` at ``(xs[i], times[i])`` by autograd, one call per step.
+
+    The generic ``field_vjp`` for :func:`lean_adjoint` (there: ``times[i] = t_i + h``); works
+    for any field differentiable in ``x``.
+    """
+
+    def field_vjp(i: int, g: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            x = xs[i].detach().requires_grad_(True)
+            (vjp,) = torch.autograd.grad(field(x, times[i]), x, grad_outputs=g)
+        return vjp
+
+    return field_vjp
 
 
 def adjoint_matching_loss(

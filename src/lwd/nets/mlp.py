@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "silu": nn.SiLU}
 
@@ -66,6 +67,65 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(..., in_dim)`` to ``(..., out_dim)``."""
         return self.net(x)
+
+
+class Linearization:
+    """The layers of one batched forward pass, kept for input VJPs over blocks of its rows.
+
+    Built by walking the layers in order with :meth:`record` (which also computes each layer's
+    output); :meth:`vjp` then runs the backward by hand with the same fused kernels autograd
+    uses (``gelu_backward``, ``native_layer_norm_backward``) but builds no graph and computes
+    no weight gradients. Supports ``Linear``, ``LayerNorm``, exact ``GELU`` and ``Identity``.
+
+    Args:
+        input_weight: ``(width, in)`` weight of the linear map from the differentiated input
+            to the first recorded layer's input (``dh/dx``); the VJP ends with it.
+    """
+
+    def __init__(self, input_weight: torch.Tensor) -> None:
+        self.input_weight = input_weight
+        self.layers: list[tuple[nn.Module, tuple[torch.Tensor, ...]]] = []
+
+    def record(self, module: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        """Apply ``module`` to ``h`` (call under ``no_grad``), keeping what its VJP needs."""
+        if isinstance(module, nn.Identity):
+            return h
+        if isinstance(module, nn.Linear):
+            self.layers.append((module, ()))
+            return module(h)
+        if isinstance(module, nn.LayerNorm):
+            out, mean, rstd = torch.ops.aten.native_layer_norm(
+                h, list(module.normalized_shape), module.weight, module.bias, module.eps
+            )
+            self.layers.append((module, (h, mean, rstd)))
+            return out
+        if isinstance(module, nn.GELU) and module.approximate == "none":
+            self.layers.append((module, (h,)))
+            return F.gelu(h)
+        raise TypeError(f"Linearization cannot differentiate {type(module).__name__} layers")
+
+    @torch.no_grad()
+    def vjp(self, index: int | slice, g: torch.Tensor) -> torch.Tensor:
+        """``g^T d(output)/d(input)`` at the recorded inputs ``[index]`` (indexing their first
+        dimension); ``g`` holds the output gradients of those rows."""
+        for module, saved in reversed(self.layers):
+            if isinstance(module, nn.Linear):
+                g = g @ module.weight
+            elif isinstance(module, nn.LayerNorm):
+                h, mean, rstd = (t[index] for t in saved)
+                g = torch.ops.aten.native_layer_norm_backward(
+                    g,
+                    h,
+                    list(module.normalized_shape),
+                    mean,
+                    rstd,
+                    module.weight,
+                    module.bias,
+                    [True, False, False],
+                )[0]
+            else:
+                g = torch.ops.aten.gelu_backward(g, saved[0][index])
+        return g @ self.input_weight
 
 
 def sinusoidal_time_embedding(

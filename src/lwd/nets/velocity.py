@@ -30,7 +30,7 @@ from torch import nn
 
 from lwd.config import PolicyConfig
 from lwd.nets.image import ImageEncoder
-from lwd.nets.mlp import MLP, make_activation, sinusoidal_time_embedding
+from lwd.nets.mlp import MLP, Linearization, make_activation, sinusoidal_time_embedding
 
 _ACTIVATION = "gelu"
 
@@ -154,6 +154,12 @@ class VelocityField(nn.Module):
         Returns:
             ``(B, H*A)`` velocity ``dx/dw``.
         """
+        return self.trunk(self.first_act(self.first_norm(self._first_input(context, x, w))))
+
+    def _first_input(
+        self, context: torch.Tensor, x: torch.Tensor, w: torch.Tensor | float
+    ) -> torch.Tensor:
+        """``context + W_x x + W_t time_features(w)``: the first hidden layer before its norm."""
         x = x.reshape(x.shape[0], -1)
         if x.shape[1] != self.action_size or x.shape[0] != context.shape[0]:
             raise ValueError(
@@ -166,8 +172,59 @@ class VelocityField(nn.Module):
         elif w.shape != (x.shape[0],):
             raise ValueError(f"w must have shape ({x.shape[0]},), got {tuple(w.shape)}")
         temb = sinusoidal_time_embedding(w.to(context.dtype), self.cfg.time_dim)
-        h = context + self.x_in(x.to(context.dtype)) + self.time_in(temb)
-        return self.trunk(self.first_act(self.first_norm(h)))
+        return context + self.x_in(x.to(context.dtype)) + self.time_in(temb)
+
+    def velocity_steps(
+        self, context: torch.Tensor, xs: torch.Tensor, times: torch.Tensor
+    ) -> torch.Tensor:
+        """Velocities at ``K`` points per sample in one batched call (the RL learner's form).
+
+        Args:
+            context: ``(B, width)`` from :meth:`encode_context`, shared by all ``K`` steps.
+            xs: ``(K, B, H*A)`` noisy action chunks, block ``i`` at flow time ``times[i]``.
+            times: ``(K,)`` flow times.
+
+        Returns:
+            ``(K, B, H*A)``; block ``i`` equals ``velocity(context, xs[i], times[i])``.
+        """
+        return self.trunk(self.first_act(self.first_norm(self._steps_input(context, xs, times))))
+
+    def linearize(
+        self, context: torch.Tensor, xs: torch.Tensor, times: torch.Tensor
+    ) -> tuple[torch.Tensor, Linearization]:
+        """:meth:`velocity_steps` without autograd, plus what its VJPs in ``xs`` need.
+
+        The RL learner's lean adjoint needs ``g^T df/dx`` at ``K`` known points, one step at a
+        time (the recursion is sequential). One batched forward over all ``K`` steps and a
+        hand-written backward per step costs the same matmuls as ``K`` autograd calls but runs
+        the forward at ``K`` times the rows, with no graph to build.
+
+        Returns:
+            ``(v (K, B, H*A), lin)``; ``lin.vjp(i, g)`` is ``g^T df/dx`` at step ``i``.
+        """
+        lin = Linearization(self.x_in.weight)
+        with torch.no_grad():
+            h = self._steps_input(context, xs, times)
+            for module in (self.first_norm, self.first_act, *self.trunk.net):
+                h = lin.record(module, h)
+        return h, lin
+
+    def _steps_input(
+        self, context: torch.Tensor, xs: torch.Tensor, times: torch.Tensor
+    ) -> torch.Tensor:
+        k, b = xs.shape[:2]
+        if xs.shape != (k, b, self.action_size) or context.shape[0] != b:
+            raise ValueError(
+                f"xs must have shape (K, {context.shape[0]}, {self.action_size}), "
+                f"got {tuple(xs.shape)}"
+            )
+        if times.shape != (k,):
+            raise ValueError(f"times must have shape ({k},), got {tuple(times.shape)}")
+        temb = sinusoidal_time_embedding(times.to(context.dtype), self.cfg.time_dim)
+        h = self.x_in(xs.to(context.dtype))  # (K, B, width); adding in place saves two copies
+        h += context
+        h += self.time_in(temb)[:, None]
+        return h
 
     def forward(
         self,
