@@ -253,7 +253,13 @@ def cmd_learner(args) -> int:
     from lwd.config import preset
     from lwd.durable import write_atomic
     from lwd.fleet.client import FleetClient
-    from lwd.learner.online import HttpSink, HttpSource, OnlineLearner, adopt_architecture
+    from lwd.learner.online import (
+        PHASES,
+        HttpSink,
+        HttpSource,
+        OnlineLearner,
+        adopt_architecture,
+    )
     from lwd.policy.instruction import InstructionEncoder
     from lwd.sim.tasks import task_names
 
@@ -295,7 +301,8 @@ def cmd_learner(args) -> int:
                 print(
                     f"update {step}: snapshot {st['snapshot']} online {st['online_transitions']} "
                     f"published v{st['published']} {st['updates_per_s']:.1f} upd/s "
-                    f"Q {m['critic/q_mean']:.3f}",
+                    f"Q {m['critic/q_mean']:.3f} time: "
+                    + " ".join(f"{k} {st[f'share_{k}']:.0%}" for k in PHASES),
                     flush=True,
                 )
 
@@ -526,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_process(args.threads)
     from lwd.data.schema import EpisodeValidationError
+    from lwd.durable import LockedError
     from lwd.policy.checkpoint import CheckpointError
 
     try:
@@ -536,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         KeyError,
         CheckpointError,
         EpisodeValidationError,
+        LockedError,
     ) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"lwd: error: {msg}", file=sys.stderr)

@@ -3,6 +3,8 @@ store, the Parquet codec, checkpoints and the policy registry.
 
 - :func:`write_atomic`: a file is either its old content or its new content, never a mix.
 - :func:`fsync_dir`: makes a rename inside ``directory`` itself survive power loss.
+- :func:`exclusive_lock`: one process at a time works in a directory (the OS drops the lock when
+  the holder dies, so a crash never leaves a stale lock behind).
 - :func:`open_index` / :func:`connect`: a WAL-mode SQLite index with a layout version, opened in
   autocommit mode (writers take the write lock with ``BEGIN IMMEDIATE``) and ``synchronous=FULL``
   (a committed row survives power loss).
@@ -16,6 +18,45 @@ import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
+
+class LockedError(RuntimeError):
+    """Another process holds the directory's lock."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` for the block, or raise :class:`LockedError` at once.
+
+    Args:
+        path: the lock file (created if missing; it records the holder's pid for the message).
+        what: the job, for the message (e.g. ``"lwd demo"``).
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise LockedError(
+                f"another {what} (pid {holder}) is working in {path.parent}; wait for it to "
+                f"finish or give this one another directory"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def fsync_dir(directory: Path) -> None:

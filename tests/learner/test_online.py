@@ -8,7 +8,7 @@ import torch
 from lwd.config import AgentConfig, OnlineConfig
 from lwd.data.store import EpisodeStore
 from lwd.fleet.registry import PolicyRegistry
-from lwd.learner.online import LocalSource, OnlineLearner, RegistrySink
+from lwd.learner.online import PHASES, LocalSource, OnlineLearner, RegistrySink
 from lwd.types import Source
 from tests.conftest import make_episode
 from tests.learner.conftest import FakeEncoder
@@ -53,6 +53,10 @@ def test_online_batches_are_one_to_one_and_policies_are_published(setup, tmp_pat
     assert all(st["online_in_batch"] == 8 for st in seen)  # exactly half of 16
     assert [v for _, v in learner.published] == [1, 2, 3, 4]  # start + every 4 updates
     assert learner.agent.cfg.tau_base == 0.9 and learner.online.n_step == 1
+    # where the loop's time went: each phase ran, and together they are at most the wall time
+    shares = [status[f"share_{phase}"] for phase in PHASES]
+    assert status["share_update"] > 0 and status["share_publish"] > 0
+    assert all(s >= 0 for s in shares) and sum(shares) <= 1.0
 
 
 def test_killed_online_learner_resumes_exactly(setup, tmp_path):

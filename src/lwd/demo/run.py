@@ -40,6 +40,7 @@ from lwd.demo.report import (
 )
 from lwd.demo.view import render
 from lwd.demo.watch import FleetWatch
+from lwd.durable import exclusive_lock
 from lwd.sim.generate import GenerateConfig, generate
 
 
@@ -346,9 +347,13 @@ def run_demo(cfg: DemoConfig, out: Path, workers: int = 2, port: int | None = No
             f"offline_steps=0; set offline_steps > 0 or best_of_n=1 (--best-of-n 1)"
         )
     check_memory(cfg, available_mb())
-    console = Console()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out / ".lock", "lwd demo"):  # two runs would delete each other's fleet
+        return _run_demo(cfg, out, workers, port)
+
+
+def _run_demo(cfg: DemoConfig, out: Path, workers: int, port: int | None) -> dict:
+    console = Console()
     start = build_start(cfg, out, workers, console)
     for part in ("server", "robots", "learner", "logs", "report"):
         shutil.rmtree(out / part, ignore_errors=True)  # the loop starts fresh every run

@@ -148,6 +148,9 @@ def adopt_architecture(
 UpdateCallback = Callable[[int, dict, dict], None]
 """``on_update(step, metrics, status)``; status has snapshot, online transitions, published."""
 
+PHASES = ("update", "sample", "refresh", "publish", "checkpoint")
+"""Where the learner loop's wall time goes (``status()["share_<phase>"]``)."""
+
 
 class OnlineLearner:
     """Online DIVL + QAM from an offline run (or an SFT checkpoint) while the fleet deploys.
@@ -209,6 +212,7 @@ class OnlineLearner:
         self.published: list[tuple[int, int]] = []  # (update, policy version)
         self.step = 0
         self._refresh_due = 0.0  # monotonic time of the next time-based refresh
+        self.seconds = dict.fromkeys(PHASES, 0.0)  # per phase, since run() began
         latest = latest_checkpoint(self.out)
         if latest is not None:
             state = load_agent(latest, self.agent, self.rng)
@@ -277,6 +281,8 @@ class OnlineLearner:
         if self.step == 0 and not self.published:
             self.publish()  # version 1 = the starting policy, so robots have something to run
         t0, start = time.perf_counter(), self.step
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        timed = self._timed
         try:
             while not (stop is not None and stop.is_set()):
                 if cfg.max_updates and self.step >= cfg.max_updates:
@@ -285,17 +291,18 @@ class OnlineLearner:
                     break
                 due = cfg.refresh_s is not None and time.monotonic() >= self._refresh_due
                 if self.step % cfg.refresh_every == 0 or due:
-                    self.refresh()
-                metrics = self.agent.update(self.replay.sample(cfg.batch_size, self.rng))
+                    timed("refresh", self.refresh)
+                batch = timed("sample", self.replay.sample, cfg.batch_size, self.rng)
+                metrics = timed("update", self.agent.update, batch)
                 self.step += 1
                 # during actor warm-up the acting policy is still the start (unless it acts
                 # best-of-N: then its ranking critic learns meanwhile): nothing to ship
                 acting = self.agent.cfg
                 moved = self.agent.updates > acting.actor_warmup or acting.best_of_n > 1
                 if self.step % cfg.publish_every == 0 and moved:
-                    self.publish()
+                    timed("publish", self.publish)
                 if self.step % cfg.checkpoint_every == 0:
-                    self.checkpoint()
+                    timed("checkpoint", self.checkpoint)
                 if on_update is not None:
                     on_update(self.step, metrics, self.status(t0, start))
         finally:
@@ -303,12 +310,22 @@ class OnlineLearner:
                 self.checkpoint()
         return self.status(t0, start)
 
+    def _timed(self, phase: str, fn, *args):
+        t = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.seconds[phase] += time.perf_counter() - t
+
     def status(self, t0: float, start: int) -> dict:
+        """Progress since ``run`` began, with the share of wall time each phase took."""
+        elapsed = max(time.perf_counter() - t0, 1e-9)
         return dict(
             step=self.step,
             snapshot=self.snapshots[-1][1] if self.snapshots else None,
             online_transitions=len(self.online),
             online_in_batch=self.replay.last_online_count,
             published=self.published[-1][1] if self.published else None,
-            updates_per_s=(self.step - start) / max(time.perf_counter() - t0, 1e-9),
+            updates_per_s=(self.step - start) / elapsed,
+            **{f"share_{k}": v / elapsed for k, v in self.seconds.items()},
         )
