@@ -7,7 +7,13 @@ import pytest
 from rich.console import Console
 
 from lwd.data.store import EpisodeStore
-from lwd.demo.report import fleet_report, latency_table, report_table, write_report
+from lwd.demo.report import (
+    first_vs_last,
+    fleet_report,
+    latency_table,
+    report_table,
+    write_report,
+)
 from lwd.demo.view import render
 from lwd.demo.watch import FleetWatch
 from lwd.types import Source
@@ -57,11 +63,26 @@ def test_success_counts_only_unhelped_episodes(fleet):
     assert fleet.robot_hours == pytest.approx(8 * 10 * 0.05 / 3600)
 
 
+def test_first_and_last_thirds_are_by_start_time_per_task():
+    def row(task, t, success, helped=False):
+        return dict(task=task, created_at=t, success=success, n_intervention=int(helped))
+
+    # created out of order on purpose; 7 drawer episodes -> thirds of 2, the middle 3 unused
+    rows = [row("drawer", t, ok) for t, ok in [(5, True), (0, False), (6, True), (1, True)]]
+    rows += [row("drawer", 2, True, helped=True), row("drawer", 3, True), row("drawer", 4, False)]
+    rows += [row("window", 0, True)]  # fewer than 3 episodes: empty thirds
+    out = first_vs_last(rows)
+    assert (out["drawer"]["early_success"], out["drawer"]["early_episodes"]) == (0.5, 2)
+    assert (out["drawer"]["late_success"], out["drawer"]["late_episodes"]) == (1.0, 2)
+    assert out["window"]["early_episodes"] == out["window"]["late_episodes"] == 0
+
+
 def test_report_known_answers(fleet, tmp_path):
     report = fleet_report(fleet)
     task = report["per_task"]["open-drawer"]
-    assert (task["start_success"], task["start_episodes"]) == (0.25, 4)
-    # the last third of the 4 later episodes is the last 2: one success, one failure
+    # thirds of the 8 episodes by start time: the first 2 (a success, then a helped success,
+    # which is no autonomous success) and the last 2 (a success, then a failure)
+    assert (task["early_success"], task["early_episodes"]) == (0.5, 2)
     assert (task["late_success"], task["late_episodes"]) == (0.5, 2)
     lat = report["latency"]
     assert lat["policy_to_robot"]["n"] == 2  # v1 is the start: not a delivery
