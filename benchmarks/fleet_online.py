@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from result_file import RESULTS, setup_process, write_result  # noqa: E402
 
 from lwd.cli import setting_arg  # noqa: E402
+from lwd.eval.report import mean_se  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ONLINE = ("lwd_online", "hgdagger", "recap")
@@ -300,11 +301,6 @@ class Bench:
 
 
 # ----------------------------------------------------------------------------- reporting
-def mean_se(values) -> tuple[float, float]:
-    v = np.asarray(values, dtype=np.float64)
-    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
-
-
 def summarize(reports: dict[str, dict[int, dict]], histories) -> tuple[dict, dict]:
     """Flat metrics (means over seeds) and the per-method table rows."""
     metrics, rows = {}, {}

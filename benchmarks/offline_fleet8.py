@@ -32,6 +32,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from result_file import RESULTS, setup_process, write_result  # noqa: E402
 
+from lwd.eval.report import mean_se  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY_SEED_BASE = 1  # scripted data use seed 0: the deployments start from other situations
 SINGLE = ("--best-of-n", "1")  # evaluate a best-of-N checkpoint with one sample
@@ -219,17 +221,13 @@ def main() -> None:
     tasks = [t["task"] for t in reports["sft"][args.seeds[0]]["tasks"]]
     metrics, table_rows = {}, {}
     for m, by_seed in reports.items():
-        per_seed_avg = np.array([by_seed[s]["avg_success"] for s in args.seeds])
-        per_seed_score = np.array([by_seed[s]["avg_score"] for s in args.seeds])
-        se = per_seed_avg.std(ddof=1) / np.sqrt(len(per_seed_avg)) if len(per_seed_avg) > 1 else 0.0
-        metrics[f"{m}_avg"] = float(per_seed_avg.mean())
-        metrics[f"{m}_avg_se"] = float(se)
-        metrics[f"{m}_score_avg"] = float(per_seed_score.mean())
+        avg, se = mean_se([by_seed[s]["avg_success"] for s in args.seeds])
+        metrics[f"{m}_avg"], metrics[f"{m}_avg_se"] = avg, se
+        metrics[f"{m}_score_avg"] = mean_se([by_seed[s]["avg_score"] for s in args.seeds])[0]
         row = {}
         for i, task in enumerate(tasks):
-            vals = np.array([by_seed[s]["tasks"][i]["success"] for s in args.seeds])
-            metrics[f"{m}_{task}"] = float(vals.mean())
-            row[task] = (vals.mean(), vals.std(ddof=1) / np.sqrt(len(vals)) if len(vals) > 1 else 0)
+            row[task] = mean_se([by_seed[s]["tasks"][i]["success"] for s in args.seeds])
+            metrics[f"{m}_{task}"] = row[task][0]
         table_rows[m] = row
     metrics["lwd_minus_sft"] = (
         metrics["lwd_offline_avg"] - metrics["sft_avg"] if "lwd_offline_avg" in metrics else 0.0

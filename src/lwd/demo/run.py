@@ -41,6 +41,7 @@ from lwd.demo.report import (
 from lwd.demo.view import render
 from lwd.demo.watch import FleetWatch
 from lwd.durable import exclusive_lock
+from lwd.eval.report import mean_se
 from lwd.sim.generate import GenerateConfig, generate
 
 
@@ -253,16 +254,6 @@ def evaluate_policies(
         result[f"{last}_minus_{name}"], result[f"{last}_minus_{name}_se"] = diff, se
         result[f"{last}_minus_{name}_n"] = len(pairs)
     return result
-
-
-def mean_se(values: list[float]) -> tuple[float, float]:
-    """Mean and standard error of the mean (0 for fewer than two values)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, 0.0
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, (var / n) ** 0.5
 
 
 def _evaluate_cached(

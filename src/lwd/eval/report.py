@@ -15,6 +15,13 @@ from lwd.sim.tasks import get_suite
 from lwd.types import EvalEpisodeResult
 
 
+def mean_se(values) -> tuple[float, float]:
+    """Mean and standard error of the mean (``std(ddof=1) / sqrt(n)``; 0 for one value)."""
+    v = np.asarray(values, dtype=np.float64)
+    se = v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else 0.0
+    return float(v.mean()), float(se)
+
+
 @dataclass(frozen=True)
 class TaskStats:
     """Aggregates over one task's evaluation episodes."""
@@ -51,8 +58,8 @@ class EvalReport:
                     task=spec.name,
                     long=spec.long,
                     episodes=n,
-                    success=float(succ.mean()),
-                    success_se=float(succ.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0,
+                    success=mean_se(succ)[0],
+                    success_se=mean_se(succ)[1],
                     progress=float(np.mean([r.progress for r in rs])),
                     cycle_time_s=float(times.mean()),
                     cycle_time_success_s=float(times[succ > 0].mean()) if succ.any() else math.nan,
