@@ -151,7 +151,8 @@ def cmd_train_sft(args) -> int:
 
 
 def cmd_train_offline(args) -> int:
-    from lwd.config import EvalConfig, preset
+    from lwd.agent import check_agent_config
+    from lwd.config import EvalConfig, preset, with_settings
     from lwd.eval.evaluator import evaluate
     from lwd.learner.offline import train_offline
     from lwd.policy.instruction import InstructionEncoder
@@ -166,6 +167,8 @@ def cmd_train_offline(args) -> int:
         reference=args.reference,
         best_of_n=args.best_of_n,
     )
+    agent = with_settings(agent, args.set)
+    check_agent_config(agent)  # before any data is read
     cfg = _override(
         preset(args.preset),
         steps=args.steps,
@@ -428,6 +431,14 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--eval-every", type=int, help="evaluate every N updates (0: never)")
     o.add_argument("--eval-episodes", type=int, default=5, help="episodes per task per eval")
     o.add_argument("--workers", type=int, default=2, help="evaluation worker processes")
+    o.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        type=setting_arg,
+        metavar="FIELD=VALUE",
+        help="set an AgentConfig field after the options above (repeatable; e.g. critic_heads=4)",
+    )
     o.set_defaults(func=cmd_train_offline)
 
     e = sub.add_parser("eval", help="evaluate a policy with the fixed protocol")

@@ -20,6 +20,14 @@ from lwd.cli import main
         (["data", "generate", "--out", "/tmp/x", "--suite", "fleet"], "did you mean 'fleet8'"),
         (["data", "info", "/no/such/store"], "not an episode store"),
         (["demo", "--set", "policy_widht=256"], "did you mean policy_width"),
+        (
+            ["train", "offline", "--data", "/d", "--init", "/i", "--out", "/o", "--set", "lamb=1"],
+            "did you mean lam",
+        ),
+        (
+            ["train", "offline", "--data", "/d", "--init", "/i", "--out", "/o", "--set", "lam=0"],
+            "lam must be > 0",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_error(argv, expected, capsys):

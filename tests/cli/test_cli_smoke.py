@@ -59,3 +59,16 @@ def test_policy_rollouts_join_the_store_as_the_policys_autonomous_episodes(workd
         assert (ep.policy_versions == 1).all()  # the SFT checkpoint records no version: 1
         assert ep.rewards.sum() == float(ep.success)
     assert main(["data", "generate", "--out", str(data), "--policy", str(workdir)]) == 2
+
+
+def test_offline_rl_through_the_cli_with_an_agent_setting(workdir):
+    """`train offline --set FIELD=VALUE` reaches the agent, and the run's config records it."""
+    data, ckpt, out = workdir / "data", workdir / "sft", workdir / "offline"
+    if not (ckpt / "config.json").is_file():
+        pytest.skip("needs test_data_sft_eval_through_the_cli's checkpoint")
+    args = ["--threads", "1", "train", "offline", "--data", str(data), "--init", str(ckpt),
+            "--out", str(out), "--steps", "2", "--batch-size", "8", "--critic-width", "16",
+            "--set", "critic_heads=3", "--set", "q_grad_heads=min"]  # fmt: skip
+    assert main(args) == 0
+    agent = json.loads((out / "offline_config.json").read_text())["agent"]
+    assert (agent["critic_heads"], agent["q_grad_heads"], agent["critic_width"]) == (3, "min", 16)
