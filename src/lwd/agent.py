@@ -29,9 +29,11 @@ import torch
 from torch import nn
 
 from lwd.algo.divl import (
+    HEAD_RULES,
     adaptive_tau,
     c51_project,
     categorical_value_loss,
+    combine_heads,
     critic_loss,
     expectile_loss,
     normalized_entropy,
@@ -60,10 +62,13 @@ def check_agent_config(cfg: AgentConfig) -> None:
         raise ValueError(
             f"AgentConfig.extraction must be one of {_EXTRACTIONS}, got {cfg.extraction!r}"
         )
-    if cfg.q_grad_heads not in ("mean", "min"):
-        raise ValueError(
-            f"AgentConfig.q_grad_heads must be 'mean' or 'min', got {cfg.q_grad_heads!r}"
-        )
+    for name in ("critic_target", "q_grad_heads"):
+        if getattr(cfg, name) not in HEAD_RULES:
+            raise ValueError(
+                f"AgentConfig.{name} must be one of {HEAD_RULES}, got {getattr(cfg, name)!r}"
+            )
+    if cfg.pessimism < 0:
+        raise ValueError(f"AgentConfig.pessimism must be >= 0, got {cfg.pessimism}")
     if cfg.reference not in ("frozen", "bc"):
         raise ValueError(f"AgentConfig.reference must be 'frozen' or 'bc', got {cfg.reference!r}")
     if cfg.rollout_field not in ("finetuned", "reference"):
@@ -178,8 +183,10 @@ class Agent(nn.Module):
     def critic_value(
         self, state_n: torch.Tensor, lang: torch.Tensor, actions: torch.Tensor, image=None
     ) -> torch.Tensor:
-        """``min_heads Q_target(s, a)`` for raw action chunks ``(B, H, A)``: ``(B,)``."""
-        return self.target_critic(state_n, lang, actions, image).min(0).values
+        """The target critic's heads, combined by ``cfg.critic_target`` (clipped double-Q by
+        default), for raw action chunks ``(B, H, A)``: ``(B,)``."""
+        qs = self.target_critic(state_n, lang, actions, image)
+        return combine_heads(qs, self.cfg.critic_target, self.cfg.pessimism)
 
     # --------------------------------------------------------------------------- update
     def _step(self, name: str, loss: torch.Tensor, params) -> torch.Tensor:
@@ -256,7 +263,7 @@ class Agent(nn.Module):
         def q_fn(x: torch.Tensor) -> torch.Tensor:
             a = norm.denormalize_action(x.view(-1, pc.chunk, pc.action_dim)).clamp(-1.0, 1.0)
             qs = critic(state_n, lang, a, image)
-            return qs.mean(0) if self.cfg.q_grad_heads == "mean" else qs.min(0).values
+            return combine_heads(qs, self.cfg.q_grad_heads, self.cfg.pessimism)
 
         return q_fn
 

@@ -413,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--agent",
         default="agent-default",
         help="agent preset: agent-default, agent-expectile, agent-constant-tau, agent-fql, "
-        "agent-awr",
+        "agent-awr, agent-qam-ensemble",
     )
     o.add_argument("--steps", type=int)
     o.add_argument("--batch-size", type=int)

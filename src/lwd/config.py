@@ -136,7 +136,12 @@ class AgentConfig:
     expectile: float = 0.7
     """Expectile ablation: IQL's expectile of the in-sample value."""
     critic_heads: int = 2
-    """Critic heads; targets and value labels use their minimum (clipped double-Q)."""
+    """Critic heads (an ensemble evaluated in one batched pass)."""
+    critic_target: str = "min"
+    """How the target critic's heads make the value label on dataset actions: "min" (clipped
+    double-Q, LWD), "mean", or "pessimistic" (mean - pessimism * std, QAM's ensemble rule)."""
+    pessimism: float = 0.5
+    """The std coefficient of the "pessimistic" head rule (QAM: 0.5 over 10 heads)."""
     critic_width: int = 512
     """Hidden width of the critic and value MLPs."""
     critic_depth: int = 4
@@ -157,7 +162,8 @@ class AgentConfig:
     lam: float = 2.0
     """QAM temperature lambda of pi* ~ pi_ref exp(Q / lambda) (paper: 2; QAM's inv_temp = 1/lambda)."""
     q_grad_heads: str = "mean"
-    """QAM terminal adjoint from the target critic's "mean" or "min" over heads."""
+    """Heads rule for the Q whose action gradient drives extraction (QAM's terminal adjoint,
+    FQL's Q term): "mean", "min" or "pessimistic" (see ``critic_target``)."""
     reference: str = "frozen"
     """QAM's reference flow f_ref: "frozen" (the SFT checkpoint forever, LWD's choice) or "bc"
     (as QAM's reference code: a copy of the SFT flow keeps training by flow-matching BC on every
@@ -380,6 +386,10 @@ _PRESETS: dict[str, Any] = {
     "agent-constant-tau": AgentConfig(adaptive_tau=False),
     "agent-fql": AgentConfig(extraction="fql"),
     "agent-awr": AgentConfig(extraction="awr"),
+    # QAM's reference critic: 10 heads, mean - 0.5 std for targets and for the action gradient.
+    "agent-qam-ensemble": AgentConfig(
+        critic_heads=10, critic_target="pessimistic", q_grad_heads="pessimistic"
+    ),
     "agent-online": AgentConfig(tau_base=0.9),
     "offline-default": OfflineConfig(),
     "online-default": OnlineConfig(refresh_s=5.0),

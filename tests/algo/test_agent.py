@@ -58,8 +58,11 @@ def changed(before, module):
         dataclasses.replace(ACFG, extraction="fql"),
         dataclasses.replace(ACFG, extraction="awr"),
         dataclasses.replace(ACFG, rollout_field="reference", q_grad_heads="min"),
+        dataclasses.replace(
+            ACFG, critic_heads=10, critic_target="pessimistic", q_grad_heads="pessimistic"
+        ),
     ],
-    ids=["divl-qam", "expectile", "constant-tau", "fql", "awr", "ref-rollout"],
+    ids=["divl-qam", "expectile", "constant-tau", "fql", "awr", "ref-rollout", "qam-ensemble"],
 )
 def test_every_variant_updates_and_never_moves_the_reference(cfg):
     agent = Agent(cfg, FlowPolicy(PCFG), seed=0)
@@ -186,3 +189,22 @@ def test_same_seed_same_updates():
 def test_bad_config_is_rejected_with_the_field_name():
     with pytest.raises(ValueError, match="extraction"):
         Agent(dataclasses.replace(ACFG, extraction="ppo"), FlowPolicy(PCFG))
+    with pytest.raises(ValueError, match="critic_target"):
+        Agent(dataclasses.replace(ACFG, critic_target="max"), FlowPolicy(PCFG))
+    with pytest.raises(ValueError, match="pessimism"):
+        Agent(dataclasses.replace(ACFG, pessimism=-1.0), FlowPolicy(PCFG))
+
+
+@pytest.mark.parametrize("rule", ["min", "mean", "pessimistic"])
+def test_value_label_combines_the_target_heads_by_the_configured_rule(rule):
+    cfg = dataclasses.replace(ACFG, critic_heads=4, critic_target=rule, pessimism=0.5)
+    agent = Agent(cfg, FlowPolicy(PCFG), seed=0)
+    b = make_batch()
+    s = agent.policy.normalizer.normalize_state(b.state)
+    qs = agent.target_critic(s, b.lang, b.actions, None)  # (4, B)
+    expected = {
+        "min": qs.min(0).values,
+        "mean": qs.mean(0),
+        "pessimistic": qs.mean(0) - 0.5 * qs.std(0, correction=0),
+    }[rule]
+    torch.testing.assert_close(agent.critic_value(s, b.lang, b.actions), expected)

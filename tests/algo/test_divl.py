@@ -9,6 +9,7 @@ from lwd.algo.divl import (
     adaptive_tau,
     c51_project,
     categorical_value_loss,
+    combine_heads,
     critic_loss,
     expectile_loss,
     normalized_entropy,
@@ -101,3 +102,17 @@ def test_expectile_loss_weights():
     y = torch.tensor([1.0, -1.0])
     # positive error weighted 0.7, negative 0.3
     assert expectile_loss(v, y, 0.7).item() == pytest.approx((0.7 + 0.3) / 2)
+
+
+def test_combine_heads_known_answers():
+    q = torch.tensor([[1.0, 2.0, 5.0], [3.0, 6.0, 5.0]])  # (E=2, B=3)
+    torch.testing.assert_close(combine_heads(q, "mean"), torch.tensor([2.0, 4.0, 5.0]))
+    torch.testing.assert_close(combine_heads(q, "min"), torch.tensor([1.0, 2.0, 5.0]))
+    # population std over 2 heads is |q1 - q2| / 2: [1, 2, 0]
+    torch.testing.assert_close(combine_heads(q, "pessimistic"), torch.tensor([1.5, 3.0, 5.0]))
+    torch.testing.assert_close(combine_heads(q, "pessimistic", 1.0), combine_heads(q, "min"))
+    ten = torch.arange(10.0)[:, None].expand(10, 2)  # heads 0..9: mean 4.5, std sqrt(8.25)
+    expected = torch.full((2,), 4.5 - 0.5 * math.sqrt(8.25))
+    torch.testing.assert_close(combine_heads(ten, "pessimistic"), expected)
+    with pytest.raises(ValueError, match="expected one of"):
+        combine_heads(q, "max")
