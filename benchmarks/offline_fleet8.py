@@ -8,11 +8,12 @@ failures of the policy's own actions that a critic needs; the result is then
 ``offline_fleet8_deployN.json``) -> the same SFT checkpoint starts every offline
 method (same data, same steps) -> every policy is evaluated with the fixed protocol. Methods:
 ``lwd`` (DIVL adaptive tau + QAM), ``expectile`` (IQL value + QAM), ``constant_tau`` (DIVL with
-tau fixed at tau_base + QAM), ``fql`` (DIVL + FQL one-step extraction). Runs are separate
+tau fixed at tau_base + QAM), ``fql`` (DIVL + FQL one-step extraction); on request
+``qam_ensemble`` (LWD-offline with QAM's 10-head critic, mean - 0.5 std). Runs are separate
 ``lwd`` processes (1 torch thread each), ``--parallel`` at a time. ``--best-of-n N``: the RL
 methods act with the best of N samples under their own critic (lwd.policy.ranker), and
-lwd_offline is evaluated with one sample as well (``lwd_offline_single``); the result name gains
-``_bonN``. Reported: per-task success (step-wise score on long tasks in the JSON) and the
+lwd_offline (and qam_ensemble) are evaluated with one sample as well (``<method>_single``); the
+result name gains ``_bonN``. Reported: per-task success (step-wise score on long tasks in the JSON) and the
 average, mean +- standard error over seeds.
 """
 
@@ -42,7 +43,10 @@ METHODS = {
     "expectile": "agent-expectile",
     "constant_tau": "agent-constant-tau",
     "fql": "agent-fql",
+    "qam_ensemble": "agent-qam-ensemble",  # QAM's 10-head critic (not in the default table)
 }
+DEFAULT_METHODS = ["lwd_offline", "expectile", "constant_tau", "fql"]
+SINGLE_METHODS = ("lwd_offline", "qam_ensemble")  # also evaluated with one sample (best-of-N runs)
 
 
 def lwd(*args: str, log: Path) -> None:
@@ -60,7 +64,7 @@ def main() -> None:
     p.add_argument("--data", default=str(ROOT / "runs" / "fleet8_data"))
     p.add_argument("--out", default=str(ROOT / "runs" / "offline_fleet8"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--methods", nargs="+", default=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
     p.add_argument("--demos-per-task", type=int, default=24)
     p.add_argument(
         "--deploy-episodes",
@@ -198,14 +202,14 @@ def main() -> None:
             log=log,
         )
         rep = evaluate(run / "policy", out / f"{method}_s{seed}.json")
-        if method == "lwd_offline" and args.best_of_n > 1:
+        if method in SINGLE_METHODS and args.best_of_n > 1:
             single = evaluate(run / "policy", out / f"{method}_single_s{seed}.json", *SINGLE)
-            reports["lwd_offline_single"][seed] = single
+            reports[f"{method}_single"][seed] = single
         return rep
 
     reports: dict[str, dict[int, dict]] = {m: {} for m in ["sft", *args.methods]}
-    if args.best_of_n > 1 and "lwd_offline" in args.methods:
-        reports["lwd_offline_single"] = {}
+    if args.best_of_n > 1:
+        reports |= {f"{m}_single": {} for m in args.methods if m in SINGLE_METHODS}
     with ThreadPoolExecutor(args.parallel) as pool:
         for seed, rep in zip(args.seeds, pool.map(sft, args.seeds), strict=True):
             reports["sft"][seed] = rep
