@@ -254,6 +254,8 @@ def main() -> None:
     name = "offline_fleet8" + (f"_deploy{args.deploy_episodes}" if args.deploy_episodes else "")
     name += f"_bon{args.best_of_n}" if args.best_of_n > 1 else ""
     name += "_quick" if args.quick else ""
+    if not set(DEFAULT_METHODS) <= set(args.methods):  # a partial run never replaces the table
+        name += "_" + "_".join(args.methods)
     write_result(
         name,
         metrics,
