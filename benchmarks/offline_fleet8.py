@@ -13,8 +13,8 @@ tau fixed at tau_base + QAM), ``fql`` (DIVL + FQL one-step extraction); on reque
 ``lwd`` processes (1 torch thread each), ``--parallel`` at a time. ``--best-of-n N``: the RL
 methods act with the best of N samples under their own critic (lwd.policy.ranker), and
 lwd_offline (and qam_ensemble) are evaluated with one sample as well (``<method>_single``); the
-result name gains ``_bonN``. Reported: per-task success (step-wise score on long tasks in the JSON) and the
-average, mean +- standard error over seeds.
+result name gains ``_bonN``. Reported: per-task success (step-wise score on long tasks in the
+JSON) and the average, mean +- standard error over seeds.
 """
 
 from __future__ import annotations
@@ -233,9 +233,8 @@ def main() -> None:
             row[task] = mean_se([by_seed[s]["tasks"][i]["success"] for s in args.seeds])
             metrics[f"{m}_{task}"] = row[task][0]
         table_rows[m] = row
-    metrics["lwd_minus_sft"] = (
-        metrics["lwd_offline_avg"] - metrics["sft_avg"] if "lwd_offline_avg" in metrics else 0.0
-    )
+    if "lwd_offline_avg" in metrics:  # absent, not 0, in a run without lwd_offline
+        metrics["lwd_minus_sft"] = metrics["lwd_offline_avg"] - metrics["sft_avg"]
 
     table = Table(title=f"fleet8 offline, success (mean ± s.e. over {len(args.seeds)} seeds)")
     table.add_column("task")

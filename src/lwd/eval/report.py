@@ -52,14 +52,14 @@ class EvalReport:
                 continue
             succ = np.array([r.success for r in rs], dtype=np.float64)
             times = np.array([r.cycle_time_s for r in rs])
-            n = len(rs)
+            success, success_se = mean_se(succ)
             stats.append(
                 TaskStats(
                     task=spec.name,
                     long=spec.long,
-                    episodes=n,
-                    success=mean_se(succ)[0],
-                    success_se=mean_se(succ)[1],
+                    episodes=len(rs),
+                    success=success,
+                    success_se=success_se,
                     progress=float(np.mean([r.progress for r in rs])),
                     cycle_time_s=float(times.mean()),
                     cycle_time_success_s=float(times[succ > 0].mean()) if succ.any() else math.nan,
