@@ -6,6 +6,11 @@ For each width (policy, critic and value all at that width, depth 4, K = 10 flow
 5 x 5) it times ``Agent.update`` on a fixed synthetic batch (the update's cost does not depend on
 the data), counts the update's FLOPs with torch's FlopCounterMode (matmuls, forward and backward),
 and divides the achieved rate by this machine's fp32 matmul rate measured in the same process.
+
+It then times the same update with ``AgentConfig.precision`` "bf16" and "bf16_actor", in rounds
+alternating with fp32 so that all see the same machine state, and reports each one's speed-up
+and its rate as a fraction of the bf16 matmul rate (``--no-bf16`` skips this; bf16 is only fast
+on hardware with bf16 matmul units).
 """
 
 from __future__ import annotations
@@ -48,7 +53,8 @@ def make_batch(torch, pcfg, b: int, device: str):
     )
 
 
-def measure(torch, width: int, steps: int, device: str, extraction: str = "qam") -> dict:
+def build(torch, width: int, device: str, extraction: str = "qam", precision: str = "fp32"):
+    """An agent at ``width`` and its fixed batch, warmed up; returns ``(agent, batch, flops)``."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from lwd.agent import Agent
@@ -56,7 +62,7 @@ def measure(torch, width: int, steps: int, device: str, extraction: str = "qam")
     from lwd.policy.flow import FlowPolicy
 
     pcfg = PolicyConfig(width=width)
-    acfg = AgentConfig(critic_width=width, extraction=extraction)
+    acfg = AgentConfig(critic_width=width, extraction=extraction, precision=precision)
     torch.manual_seed(0)
     agent = Agent(acfg, FlowPolicy(pcfg), seed=0).to(device)
     agent.generator = torch.Generator(device=device).manual_seed(0)
@@ -65,14 +71,37 @@ def measure(torch, width: int, steps: int, device: str, extraction: str = "qam")
         agent.update(batch)
     with FlopCounterMode(display=False) as counter:
         agent.update(batch)
-    flops = counter.get_total_flops()
+    return agent, batch, counter.get_total_flops()
+
+
+def seconds_per_update(torch, agent, batch, steps: int, device: str) -> float:
     sync(torch, device)
     t = time.perf_counter()
     for _ in range(steps):
         agent.update(batch)
     sync(torch, device)
-    dt = (time.perf_counter() - t) / steps
+    return (time.perf_counter() - t) / steps
+
+
+def measure(torch, width: int, steps: int, device: str, extraction: str = "qam") -> dict:
+    agent, batch, flops = build(torch, width, device, extraction)
+    dt = seconds_per_update(torch, agent, batch, steps, device)
     return dict(updates_per_s=1 / dt, gflop_per_update=flops / 1e9, gflops=flops / dt / 1e9)
+
+
+def measure_precisions(torch, width: int, steps: int, device: str, rounds: int = 3) -> dict:
+    """fp32, bf16 and bf16_actor updates timed in alternating rounds; the best round of each."""
+    runs = {p: build(torch, width, device, precision=p) for p in ("fp32", "bf16", "bf16_actor")}
+    best = {p: float("inf") for p in runs}
+    for _ in range(rounds):
+        for p, (agent, batch, _) in runs.items():
+            best[p] = min(best[p], seconds_per_update(torch, agent, batch, steps, device))
+    flops = runs["fp32"][2]  # the same matmuls in every precision
+    return {
+        p: dict(updates_per_s=1 / dt, gflops=flops / dt / 1e9, speedup=best["fp32"] / dt)
+        for p, dt in best.items()
+        if p != "fp32"
+    }
 
 
 def main() -> None:
@@ -81,6 +110,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="torch threads (CPU)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--name", default="learner_throughput", help="result file name")
+    p.add_argument("--no-bf16", action="store_true", help="skip the bf16 (autocast) update")
     args = p.parse_args()
     setup_process()
     import torch
@@ -105,6 +135,20 @@ def main() -> None:
         metrics[f"gflop_per_update_w{width}"] = r["gflop_per_update"]
         metrics[f"peak_fraction_w{width}"] = r["gflops"] / peak
     metrics["matmul_peak_gflops"] = peak
+    if not args.no_bf16:
+        peak16 = matmul_gflops(device=args.device, dtype=torch.bfloat16)
+        for width in (256, 512):
+            steps = 2 if args.quick else (10 if width == 512 else 20)
+            rounds = 1 if args.quick else 3
+            for prec, r in measure_precisions(torch, width, steps, args.device, rounds).items():
+                print(
+                    f"width {width} {prec}: {r['updates_per_s']:.2f} updates/s, "
+                    f"{r['speedup']:.2f}x the fp32 update timed beside it"
+                )
+                metrics[f"updates_per_s_w{width}_{prec}"] = r["updates_per_s"]
+                metrics[f"{prec}_speedup_w{width}"] = r["speedup"]
+                metrics[f"peak_fraction_w{width}_{prec}"] = r["gflops"] / peak16
+        metrics["matmul_peak_gflops_bf16"] = peak16
     for k, v in metrics.items():
         print(f"{k:>24}: {v:.3f}")
     write_result(
@@ -119,6 +163,8 @@ def main() -> None:
             threads=args.threads,
             update="DIVL value + 2-head critic + EMA + QAM actor",
             flops="torch FlopCounterMode",
+            bf16="AgentConfig.precision 'bf16' / 'bf16_actor' (autocast); speed-up against "
+            "fp32 rounds alternated with them in the same process; their peak is a bf16 matmul",
         ),
     )
 

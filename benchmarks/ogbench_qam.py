@@ -1,6 +1,7 @@
 """DIVL + QAM offline on OGBench single-task play data, beside QAM's published curve points.
 
     python benchmarks/ogbench_qam.py [--episodes 100] [--steps 2000] [--seeds 0 1 2] [--quick]
+    python benchmarks/ogbench_qam.py --steps 100000 --stop-after 20000   # a long run, in parts
 
 Per environment (``scene`` task 2, ``puzzle-3x3`` task 2): generate a play dataset with the
 in-package oracles following OGBench's procedure (``lwd.sim.ogbench_play``; rewards relabelled to
@@ -8,6 +9,11 @@ the sparse {0, 1} convention of ALGORITHMS.md), train the reference flow by flow
 (QAM's reference is a BC flow on the whole dataset), then offline DIVL + QAM from it, evaluating
 the acting policy in OGBench's own single-task environment every ``--eval-every`` updates.
 Reports success vs updates per seed and the mean, next to the published QAM points.
+
+A long run can be done in parts: ``--stop-after N`` checkpoints each seed's run at ``N`` updates
+and writes the result for the curve so far; the same command with a larger ``N`` (or none)
+resumes every run exactly where it stopped. Each run keeps its evaluations in
+``evals.json`` in its directory, so the curve covers every part.
 """
 
 from __future__ import annotations
@@ -48,16 +54,27 @@ def main() -> None:
     p.add_argument("--actor-warmup", type=int, default=500)
     p.add_argument("--workers", type=int, default=2, help="data generation processes")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="checkpoint and report once each run has done this many of --steps (resume later)",
+    )
+    p.add_argument("--name", default="ogbench_qam", help="result file name")
     p.add_argument("--quick", action="store_true", help="tiny data and runs (a smoke test)")
     args = p.parse_args()
     if args.quick:
         args.episodes, args.seeds, args.bc_steps, args.steps = 2, [0], 50, 20
         args.eval_every, args.eval_episodes, args.actor_warmup = 10, 1, 5
         args.out += "_quick"
+        args.name += "_quick"
+    if args.stop_after is not None and not 0 < args.stop_after <= args.steps:
+        p.error(f"--stop-after must be in 1..--steps ({args.steps}), got {args.stop_after}")
     setup_process()
     import torch
 
     from lwd.config import AgentConfig, OfflineConfig, PolicyConfig, SFTConfig
+    from lwd.durable import write_atomic
     from lwd.learner.offline import train_offline
     from lwd.learner.sft import train_sft
     from lwd.policy.checkpoint import load_policy
@@ -104,13 +121,25 @@ def main() -> None:
             )
             train_sft(sft_cfg, data, ref, encoder=encoder, known_tasks=[task.name])
 
-            def evaluator(policy_dir: Path, step: int, seed=seed, env=env) -> dict:
-                runner = FlowPolicyRunner(load_policy(policy_dir), encoder, version=1, seed=seed)
-                res = evaluate_singletask(runner, env, args.task, args.eval_episodes, seed=seed)
-                print(f"{env} seed {seed} step {step}: success {res['success']:.2f}")
-                return {"eval/success": res["success"]}
+            run = out / f"{env}_qam_s{seed}"
+            evals_path = run / "evals.json"
+            done = json.loads(evals_path.read_text()) if evals_path.is_file() else {}
 
-            start = evaluator(ref, 0)["eval/success"]
+            def evaluator(
+                policy_dir: Path, step: int, seed=seed, env=env, done=done, run=run
+            ) -> dict:
+                if str(step) not in done:  # an evaluation from an earlier part is kept, not redone
+                    runner = FlowPolicyRunner(
+                        load_policy(policy_dir), encoder, version=1, seed=seed
+                    )
+                    res = evaluate_singletask(runner, env, args.task, args.eval_episodes, seed=seed)
+                    done[str(step)] = res["success"]
+                    run.mkdir(parents=True, exist_ok=True)
+                    write_atomic(run / "evals.json", json.dumps(done, indent=1).encode())
+                print(f"{env} seed {seed} step {step}: success {done[str(step)]:.2f}")
+                return {"eval/success": done[str(step)]}
+
+            evaluator(ref, 0)
             cfg = OfflineConfig(
                 steps=args.steps,
                 n_step=1,
@@ -126,18 +155,17 @@ def main() -> None:
                     actor_warmup=args.actor_warmup,
                 ),
             )
-            summary = train_offline(
+            train_offline(
                 cfg,
                 data,
                 ref,
-                out / f"{env}_qam_s{seed}",
+                run,
                 encoder,
                 evaluator=evaluator,
                 known_tasks=[task.name],
+                stop_after=args.stop_after,
             )
-            curves[env][seed] = [(0, start)] + [
-                (e["step"], e["eval/success"]) for e in summary["evals"]
-            ]
+            curves[env][seed] = sorted((int(k), v) for k, v in done.items())
         steps = sorted({s for c in curves[env].values() for s, _ in c})
         for s in steps:
             vals = [v for c in curves[env].values() for st, v in c if st == s]
@@ -152,7 +180,7 @@ def main() -> None:
                 )
     for k, v in metrics.items():
         print(f"{k:>45}: {v:.3f}")
-    name = "ogbench_qam_quick" if args.quick else "ogbench_qam"
+    name = args.name
     write_result(
         name,
         metrics,
@@ -165,6 +193,7 @@ def main() -> None:
             width=args.width,
             bc_steps=args.bc_steps,
             steps=args.steps,
+            steps_done=args.stop_after or args.steps,
             lam=args.lam,
             actor_warmup=args.actor_warmup,
             eval_episodes=args.eval_episodes,

@@ -45,13 +45,15 @@ def write_result(name: str, metrics: dict[str, float], details: dict) -> Path:
     return path
 
 
-def matmul_gflops(n: int = 2048, reps: int = 10, device: str = "cpu") -> float:
-    """This machine's fp32 matmul rate (GFLOP/s) with torch's current thread setting."""
+def matmul_gflops(n: int = 2048, reps: int = 10, device: str = "cpu", dtype=None) -> float:
+    """This machine's matmul rate (GFLOP/s; fp32 unless ``dtype``) with torch's thread setting."""
     import time
 
     import torch
 
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    dtype = dtype or torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
     if device.startswith("cuda"):

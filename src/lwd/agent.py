@@ -52,6 +52,7 @@ from lwd.types import Batch
 
 _VALUES = ("divl", "expectile")
 _EXTRACTIONS = ("qam", "fql", "awr", "none")
+_PRECISIONS = ("fp32", "bf16", "bf16_actor")
 
 
 def check_agent_config(cfg: AgentConfig) -> None:
@@ -80,6 +81,10 @@ def check_agent_config(cfg: AgentConfig) -> None:
     if cfg.lam <= 0 or cfg.critic_heads < 1 or cfg.actor_every < 1 or cfg.actor_warmup < 0:
         raise ValueError(
             "AgentConfig: lam must be > 0, critic_heads >= 1, actor_every >= 1, actor_warmup >= 0"
+        )
+    if cfg.precision not in _PRECISIONS:
+        raise ValueError(
+            f"AgentConfig.precision must be one of {_PRECISIONS}, got {cfg.precision!r}"
         )
     if cfg.best_of_n < 1:
         raise ValueError(f"AgentConfig.best_of_n must be >= 1 (1 = off), got {cfg.best_of_n}")
@@ -189,6 +194,15 @@ class Agent(nn.Module):
         return combine_heads(qs, self.cfg.critic_target, self.cfg.pessimism)
 
     # --------------------------------------------------------------------------- update
+    def _autocast(self, actor: bool = False) -> torch.autocast:
+        """The forward passes' precision (``cfg.precision``); backward follows the forward."""
+        p = self.cfg.precision
+        return torch.autocast(
+            self.support.device.type,
+            dtype=torch.bfloat16,
+            enabled=p == "bf16" or (actor and p == "bf16_actor"),
+        )
+
     def _step(self, name: str, loss: torch.Tensor, params) -> torch.Tensor:
         opt = self.optimizers[name]
         opt.zero_grad(set_to_none=True)
@@ -206,9 +220,10 @@ class Agent(nn.Module):
         metrics: dict[str, torch.Tensor] = {}
 
         # 1. Value step on the dataset action's (clipped double-Q) target value.
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             label = self.critic_value(state_n, lang, actions, image)
-        out = self.value(state_n, lang, image)
+        with self._autocast():
+            out = self.value(state_n, lang, image)
         if cfg.value == "divl":
             target = c51_project(label, self.support)
             loss_v = categorical_value_loss(out, target)
@@ -220,13 +235,14 @@ class Agent(nn.Module):
         metrics["value/grad_norm"] = self._step("value", loss_v, self.value.parameters())
 
         # 2-3. Bootstrap from the updated value at s' (adaptive tau quantile), no gradient.
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             boot, tau_info = self.bootstrap_value(next_n, lang, batch.next_image)
             y = td_target(batch.reward, batch.discount, boot)
         metrics |= tau_info
 
         # 4. Critic step on the whole chunk, both heads.
-        q = self.critic(state_n, lang, actions, image)
+        with self._autocast():
+            q = self.critic(state_n, lang, actions, image)
         loss_q = critic_loss(q, y)
         metrics |= {"critic/loss": loss_q.detach(), "critic/q_mean": q.detach().mean()}
         metrics["critic/target_mean"] = y.mean()
@@ -240,14 +256,15 @@ class Agent(nn.Module):
         if cfg.extraction != "none" and since >= 0 and since % cfg.actor_every == 0:
             metrics |= self._actor_update(state_n, lang, image, actions, label)
         if self.reference_bc is not None:  # after the actor, which used the pre-step f_ref
-            loss_bc, _ = flow_matching_loss(
-                self.reference_bc.field,
-                state_n,
-                lang,
-                norm.normalize_action(actions),
-                image,
-                generator=self.generator,
-            )
+            with self._autocast():
+                loss_bc, _ = flow_matching_loss(
+                    self.reference_bc.field,
+                    state_n,
+                    lang,
+                    norm.normalize_action(actions),
+                    image,
+                    generator=self.generator,
+                )
             metrics["reference/bc_loss"] = loss_bc.detach()
             metrics["reference/grad_norm"] = self._step(
                 "reference", loss_bc, self.reference_bc.parameters()
@@ -268,6 +285,20 @@ class Agent(nn.Module):
         return q_fn
 
     def _actor_update(self, state_n, lang, image, actions, q_data) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        with self._autocast(actor=True):
+            loss, info = self._actor_loss(state_n, lang, image, actions, q_data)
+        opt = self.optimizers["actor"]
+        opt.zero_grad(set_to_none=True)
+        grads = torch.autograd.grad(loss, self.actor_params, allow_unused=True)
+        for p, g in zip(self.actor_params, grads, strict=False):
+            p.grad = g
+        info["actor/grad_norm"] = torch.nn.utils.clip_grad_norm_(self.actor_params, cfg.grad_clip)
+        opt.step()
+        return info
+
+    def _actor_loss(self, state_n, lang, image, actions, q_data):
+        """``cfg.extraction``'s loss (with gradient into the acting flow) and its metrics."""
         cfg, field = self.cfg, self.policy.field
         steps = self.reference.cfg.flow_steps
         if cfg.extraction == "qam":
@@ -309,14 +340,7 @@ class Agent(nn.Module):
                 max_weight=cfg.awr_max_weight,
                 generator=self.generator,
             )
-        opt = self.optimizers["actor"]
-        opt.zero_grad(set_to_none=True)
-        grads = torch.autograd.grad(loss, self.actor_params, allow_unused=True)
-        for p, g in zip(self.actor_params, grads, strict=False):
-            p.grad = g
-        info["actor/grad_norm"] = torch.nn.utils.clip_grad_norm_(self.actor_params, cfg.grad_clip)
-        opt.step()
-        return info
+        return loss, info
 
     # ---------------------------------------------------------------------- checkpoints
     def trainable_modules(self) -> dict[str, nn.Module]:

@@ -190,6 +190,12 @@ class AgentConfig:
     shipped inside the published policy [choice: QAM's reference ``best_of_n``; 1 = off, as
     in the LWD paper]. Extraction can only tilt the flow along the critic's action gradient,
     which it may overrate; ranking the flow's own samples only uses the critic's ordering."""
+    precision: str = "fp32"
+    """Matmul precision of the update: "fp32"; "bf16" (autocast: hidden-layer matmuls in
+    bfloat16; output layers, losses, weights, gradients and optimizer state stay fp32); or
+    "bf16_actor" (only policy extraction, most of the update's time, in bf16). bf16 is faster
+    where the hardware has bf16 matmul units (CPUs with AMX, GPUs) and slower elsewhere; acting
+    and evaluation are always fp32."""
 
 
 @dataclass(frozen=True)

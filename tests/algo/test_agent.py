@@ -61,8 +61,20 @@ def changed(before, module):
         dataclasses.replace(
             ACFG, critic_heads=10, critic_target="pessimistic", q_grad_heads="pessimistic"
         ),
+        dataclasses.replace(ACFG, precision="bf16"),
+        dataclasses.replace(ACFG, precision="bf16_actor"),
     ],
-    ids=["divl-qam", "expectile", "constant-tau", "fql", "awr", "ref-rollout", "qam-ensemble"],
+    ids=[
+        "divl-qam",
+        "expectile",
+        "constant-tau",
+        "fql",
+        "awr",
+        "ref-rollout",
+        "qam-ensemble",
+        "bf16",
+        "bf16-actor",
+    ],
 )
 def test_every_variant_updates_and_never_moves_the_reference(cfg):
     agent = Agent(cfg, FlowPolicy(PCFG), seed=0)
@@ -193,6 +205,32 @@ def test_bad_config_is_rejected_with_the_field_name():
         Agent(dataclasses.replace(ACFG, critic_target="max"), FlowPolicy(PCFG))
     with pytest.raises(ValueError, match="pessimism"):
         Agent(dataclasses.replace(ACFG, pessimism=-1.0), FlowPolicy(PCFG))
+    with pytest.raises(ValueError, match="precision"):
+        Agent(dataclasses.replace(ACFG, precision="fp16"), FlowPolicy(PCFG))
+
+
+def test_bf16_update_tracks_fp32_and_keeps_every_state_in_fp32():
+    torch.manual_seed(0)
+    sft = FlowPolicy(PCFG)
+    agents = {
+        p: Agent(dataclasses.replace(ACFG, precision=p), sft, seed=0)
+        for p in ("fp32", "bf16", "bf16_actor")
+    }
+    metrics = {p: a.update(make_batch()) for p, a in agents.items()}
+    for key in ("value/loss", "critic/loss", "actor/qam_loss", "actor/q_sample"):
+        assert metrics["bf16"][key] == pytest.approx(metrics["fp32"][key], rel=0.03, abs=1e-3)
+    assert metrics["bf16"] != metrics["fp32"]  # the matmuls did run in bfloat16
+    # bf16_actor: value and critic steps exactly fp32, extraction in bfloat16
+    for key in ("value/loss", "critic/loss"):
+        assert metrics["bf16_actor"][key] == metrics["fp32"][key]
+    assert metrics["bf16_actor"]["actor/qam_loss"] != metrics["fp32"]["actor/qam_loss"]
+    agent = agents["bf16"]
+    assert all(
+        t.dtype == torch.float32 for t in agent.state_dict().values() if t.is_floating_point()
+    )
+    for opt in agent.optimizers.values():
+        for state in opt.state.values():
+            assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
 
 
 @pytest.mark.parametrize("rule", ["min", "mean", "pessimistic"])

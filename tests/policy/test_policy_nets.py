@@ -117,3 +117,27 @@ def test_velocity_field_with_images_and_shape_errors():
         field(torch.randn(2, 5), lang, torch.randn(2, 6), torch.rand(2), image)
     with pytest.raises(ValueError, match="H\\*A"):
         field(state, lang, torch.randn(2, 7), torch.rand(2), image)
+
+
+def test_under_bf16_autocast_output_layers_and_time_features_stay_fp32():
+    torch.manual_seed(0)
+    net = MLP(4, (16, 16), 3, layer_norm=True)
+    x = torch.randn(5, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden = net.net[:-1](x)
+        y = net(x)
+    assert hidden.dtype == torch.bfloat16 and y.dtype == torch.float32
+    torch.testing.assert_close(y, net.net[-1](hidden.float()))  # last layer in fp32
+
+    field = VelocityField(TINY)
+    state, lang, xs = torch.randn(64, 6), torch.randn(64, 8), torch.randn(64, 6)
+    w = torch.rand(64)  # large phases (1000 w): bfloat16 time features would be off by radians
+    exact = field(state, lang, xs, w)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = field(state, lang, xs, w)
+        steps = field.velocity_steps(field.encode_context(state, lang), xs[None], w[:1])
+    assert mixed.dtype == torch.float32 and steps.dtype == torch.float32
+    torch.testing.assert_close(mixed, exact, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(
+        steps[0], field(state, lang, xs, w[:1].expand(64)), atol=0.05, rtol=0.05
+    )

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from lwd.config import PolicyConfig
 from lwd.nets.image import ImageEncoder
+from lwd.nets.mlp import full_precision
 
 
 class ObservationEncoder(nn.Module):
@@ -99,7 +100,7 @@ class EnsembleMLP(nn.Module):
         for i, layer in enumerate(self.hidden):
             x = F.layer_norm(layer(x), (self.width,))
             x = F.gelu(x * self.norm_weight[i] + self.norm_bias[i])
-        return self.out(x)
+        return full_precision(self.out, x)
 
 
 class ValueNet(nn.Module):

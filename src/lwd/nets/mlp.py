@@ -65,8 +65,24 @@ class MLP(nn.Module):
         self.out_dim = out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map ``(..., in_dim)`` to ``(..., out_dim)``."""
-        return self.net(x)
+        """Map ``(..., in_dim)`` to ``(..., out_dim)`` (float32 out, also under autocast)."""
+        *hidden, last = self.net
+        for layer in hidden:
+            x = layer(x)
+        return full_precision(last, x)
+
+
+def full_precision(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` in float32 even under autocast.
+
+    Output layers are tiny (width -> a few outputs) but what they produce (Q values, value
+    logits, velocities) feeds losses and targets whose differences are small; bfloat16 would
+    round them to about 3 significant digits.
+    """
+    if not torch.is_autocast_enabled(x.device.type):
+        return layer(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return layer(x.float())
 
 
 class Linearization:

@@ -166,13 +166,16 @@ class VelocityField(nn.Module):
                 f"x must have shape ({context.shape[0]}, {self.action_size}) = (B, H*A), "
                 f"got {tuple(x.shape)}"
             )
+        # The weights' dtype, not the context's: under autocast the context is bfloat16, too
+        # coarse for the time features' phases.
+        dtype = self.x_in.weight.dtype
         if not isinstance(w, torch.Tensor) or w.ndim == 0:
             # One time for the whole batch: embed it once and broadcast.
-            w = torch.as_tensor(w, dtype=context.dtype, device=context.device).reshape(1)
+            w = torch.as_tensor(w, dtype=dtype, device=context.device).reshape(1)
         elif w.shape != (x.shape[0],):
             raise ValueError(f"w must have shape ({x.shape[0]},), got {tuple(w.shape)}")
-        temb = sinusoidal_time_embedding(w.to(context.dtype), self.cfg.time_dim)
-        return context + self.x_in(x.to(context.dtype)) + self.time_in(temb)
+        temb = sinusoidal_time_embedding(w.to(dtype), self.cfg.time_dim)
+        return context + self.x_in(x.to(dtype)) + self.time_in(temb)
 
     def velocity_steps(
         self, context: torch.Tensor, xs: torch.Tensor, times: torch.Tensor
@@ -220,8 +223,9 @@ class VelocityField(nn.Module):
             )
         if times.shape != (k,):
             raise ValueError(f"times must have shape ({k},), got {tuple(times.shape)}")
-        temb = sinusoidal_time_embedding(times.to(context.dtype), self.cfg.time_dim)
-        h = self.x_in(xs.to(context.dtype))  # (K, B, width); adding in place saves two copies
+        dtype = self.x_in.weight.dtype  # not the context's (see _first_input)
+        temb = sinusoidal_time_embedding(times.to(dtype), self.cfg.time_dim)
+        h = self.x_in(xs.to(dtype))  # (K, B, width); adding in place saves two copies
         h += context
         h += self.time_in(temb)[:, None]
         return h
