@@ -193,7 +193,7 @@ def main() -> None:
             width=args.width,
             bc_steps=args.bc_steps,
             steps=args.steps,
-            steps_done=args.stop_after or args.steps,
+            steps_done=max(s for cs in curves.values() for c in cs.values() for s, _ in c),
             lam=args.lam,
             actor_warmup=args.actor_warmup,
             eval_episodes=args.eval_episodes,
