@@ -54,9 +54,7 @@ def make_batch(torch, pcfg, b: int, device: str):
 
 
 def build(torch, width: int, device: str, extraction: str = "qam", precision: str = "fp32"):
-    """An agent at ``width`` and its fixed batch, warmed up; returns ``(agent, batch, flops)``."""
-    from torch.utils.flop_counter import FlopCounterMode
-
+    """An agent at ``width`` and its fixed batch, warmed up; returns ``(agent, batch)``."""
     from lwd.agent import Agent
     from lwd.config import AgentConfig, PolicyConfig
     from lwd.policy.flow import FlowPolicy
@@ -69,9 +67,7 @@ def build(torch, width: int, device: str, extraction: str = "qam", precision: st
     batch = make_batch(torch, pcfg, 256, device)
     for _ in range(3):
         agent.update(batch)
-    with FlopCounterMode(display=False) as counter:
-        agent.update(batch)
-    return agent, batch, counter.get_total_flops()
+    return agent, batch
 
 
 def seconds_per_update(torch, agent, batch, steps: int, device: str) -> float:
@@ -84,19 +80,28 @@ def seconds_per_update(torch, agent, batch, steps: int, device: str) -> float:
 
 
 def measure(torch, width: int, steps: int, device: str, extraction: str = "qam") -> dict:
-    agent, batch, flops = build(torch, width, device, extraction)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    agent, batch = build(torch, width, device, extraction)
+    with FlopCounterMode(display=False) as counter:
+        agent.update(batch)
+    flops = counter.get_total_flops()
     dt = seconds_per_update(torch, agent, batch, steps, device)
     return dict(updates_per_s=1 / dt, gflop_per_update=flops / 1e9, gflops=flops / dt / 1e9)
 
 
-def measure_precisions(torch, width: int, steps: int, device: str, rounds: int = 3) -> dict:
-    """fp32, bf16 and bf16_actor updates timed in alternating rounds; the best round of each."""
+def measure_precisions(
+    torch, width: int, steps: int, device: str, flops: float, rounds: int = 3
+) -> dict:
+    """fp32, bf16 and bf16_actor updates timed in alternating rounds; the best round of each.
+
+    ``flops`` per update is the fp32 count: every precision runs the same matmuls.
+    """
     runs = {p: build(torch, width, device, precision=p) for p in ("fp32", "bf16", "bf16_actor")}
     best = {p: float("inf") for p in runs}
     for _ in range(rounds):
-        for p, (agent, batch, _) in runs.items():
+        for p, (agent, batch) in runs.items():
             best[p] = min(best[p], seconds_per_update(torch, agent, batch, steps, device))
-    flops = runs["fp32"][2]  # the same matmuls in every precision
     return {
         p: dict(updates_per_s=1 / dt, gflops=flops / dt / 1e9, speedup=best["fp32"] / dt)
         for p, dt in best.items()
@@ -140,7 +145,9 @@ def main() -> None:
         for width in (256, 512):
             steps = 2 if args.quick else (10 if width == 512 else 20)
             rounds = 1 if args.quick else 3
-            for prec, r in measure_precisions(torch, width, steps, args.device, rounds).items():
+            flops = results[width]["gflop_per_update"] * 1e9
+            timed = measure_precisions(torch, width, steps, args.device, flops, rounds)
+            for prec, r in timed.items():
                 print(
                     f"width {width} {prec}: {r['updates_per_s']:.2f} updates/s, "
                     f"{r['speedup']:.2f}x the fp32 update timed beside it"
