@@ -29,11 +29,9 @@ import torch
 from torch import nn
 
 from lwd.algo.divl import (
-    HEAD_RULES,
     adaptive_tau,
     c51_project,
     categorical_value_loss,
-    combine_heads,
     critic_loss,
     expectile_loss,
     normalized_entropy,
@@ -44,7 +42,13 @@ from lwd.algo.divl import (
 from lwd.algo.extraction import awr_actor_loss, fql_actor_loss, qam_actor_loss
 from lwd.algo.flow_bc import flow_matching_loss
 from lwd.config import AgentConfig
-from lwd.nets.critic import ValueNet, build_critic, observation_encoder
+from lwd.nets.critic import (
+    HEAD_RULES,
+    ValueNet,
+    build_critic,
+    combine_heads,
+    observation_encoder,
+)
 from lwd.policy.checkpoint import save_policy
 from lwd.policy.flow import FlowPolicy
 from lwd.policy.ranker import remove_ranker, save_ranker
@@ -63,7 +67,7 @@ def check_agent_config(cfg: AgentConfig) -> None:
         raise ValueError(
             f"AgentConfig.extraction must be one of {_EXTRACTIONS}, got {cfg.extraction!r}"
         )
-    for name in ("critic_target", "q_grad_heads"):
+    for name in ("critic_target", "q_grad_heads", "rank_heads"):
         if getattr(cfg, name) not in HEAD_RULES:
             raise ValueError(
                 f"AgentConfig.{name} must be one of {HEAD_RULES}, got {getattr(cfg, name)!r}"
@@ -163,7 +167,13 @@ class Agent(nn.Module):
         when ``cfg.best_of_n > 1``; returns the directory."""
         save_policy(directory, self.policy, extra=extra)
         if self.cfg.best_of_n > 1:
-            save_ranker(directory, self.target_critic, self.cfg.best_of_n)
+            save_ranker(
+                directory,
+                self.target_critic,
+                self.cfg.best_of_n,
+                reduce=self.cfg.rank_heads,
+                pessimism=self.cfg.pessimism,
+            )
         else:  # a directory reused from a best-of-N run must not keep acting with a stale critic
             remove_ranker(directory)
         return directory

@@ -186,10 +186,14 @@ class AgentConfig:
     """Policy extraction starts after this many updates, so that it follows a critic that has
     seen some data [choice; 0 = from the first update, as in the paper]."""
     best_of_n: int = 1
-    """Act with the best of this many flow samples under the target critic (mean of heads),
+    """Act with the best of this many flow samples under the target critic (``rank_heads``),
     shipped inside the published policy [choice: QAM's reference ``best_of_n``; 1 = off, as
     in the LWD paper]. Extraction can only tilt the flow along the critic's action gradient,
     which it may overrate; ranking the flow's own samples only uses the critic's ordering."""
+    rank_heads: str = "mean"
+    """Heads rule by which best-of-N ranks the samples: "mean", "min" or "pessimistic" (see
+    ``critic_target``; QAM's reference ranks by the mean of heads). Written into the policy's
+    ranker, so robots and evaluation rank as the learner chose."""
     precision: str = "fp32"
     """Matmul precision of the update: "fp32"; "bf16" (autocast: hidden-layer matmuls in
     bfloat16; output layers, losses, weights, gradients and optimizer state stay fp32); or

@@ -9,7 +9,6 @@ from lwd.algo.divl import (
     adaptive_tau,
     c51_project,
     categorical_value_loss,
-    combine_heads,
     critic_loss,
     expectile_loss,
     normalized_entropy,
@@ -17,6 +16,7 @@ from lwd.algo.divl import (
     td_target,
     value_support,
 )
+from lwd.nets.critic import combine_heads
 
 
 def test_support_default_is_201_atoms_on_the_paper_range():

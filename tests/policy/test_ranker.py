@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -44,6 +45,39 @@ def test_best_of_n_acts_with_the_sample_its_critic_ranks_first():
     assert torch.equal(one, cands[:, 0])  # n = 1 is the flow alone
 
 
+class DisagreeingCritic(nn.Module):
+    """Two heads on the first action x that disagree: -x^2 (best at 0) and x (best large)."""
+
+    def forward(self, state, lang, actions, image=None):
+        x = actions.reshape(actions.shape[0], -1)[:, 0]
+        return torch.stack([-x.square(), x])
+
+
+@pytest.mark.parametrize(
+    "reduce, pessimism, score",
+    [
+        ("mean", 0.5, lambda x: (x - x**2) / 2),
+        ("min", 0.5, lambda x: torch.minimum(x, -(x**2))),
+        # two heads: population std = |h1 - h2| / 2
+        ("pessimistic", 0.5, lambda x: (x - x**2) / 2 - 0.5 * (x + x**2).abs() / 2),
+        ("pessimistic", 1.0, lambda x: torch.minimum(x, -(x**2))),  # = min with two heads
+    ],
+)
+def test_best_of_n_ranks_by_its_heads_rule(reduce, pessimism, score):
+    policy, n = make_tiny_policy(), 16
+    state, lang = torch.randn(4, 4), torch.randn(4, 8)
+    noise = torch.randn(4, n, 2, 2)
+    bon = BestOfN(policy, DisagreeingCritic(), n, reduce=reduce, pessimism=pessimism)
+    chosen = bon.sample(state, lang, noise=noise)
+    cands = policy.sample(
+        state.repeat_interleave(n, 0), lang.repeat_interleave(n, 0), noise=noise.reshape(4 * n, 4)
+    ).view(4, n, 2, 2)
+    expected = cands[torch.arange(4), score(cands[:, :, 0, 0]).argmax(dim=1)]
+    assert torch.equal(chosen, expected)
+    by_mean = BestOfN(policy, DisagreeingCritic(), n).sample(state, lang, noise=noise)
+    assert (reduce == "mean") == torch.equal(chosen, by_mean)  # the rules differ here
+
+
 def test_a_runner_around_best_of_n_uses_the_fleets_interface():
     bon = BestOfN(make_tiny_policy(), FirstActionCritic(), 4)
     runner = FlowPolicyRunner(bon, encoder=_Encoder(), version=2, seed=0)
@@ -77,6 +111,24 @@ def test_the_target_critic_travels_with_the_policy_and_acts_the_same_after_loadi
     assert isinstance(load_acting_policy(path, best_of_n=1), FlowPolicy)
     assert load_acting_policy(path, best_of_n=8).n == 8
     assert load_runner(path).version == 5
+
+
+def test_the_ranking_rule_travels_with_the_policy(tmp_path):
+    cfg = AgentConfig(
+        critic_width=16, critic_depth=2, num_atoms=11, best_of_n=4, rank_heads="min", pessimism=0.7
+    )
+    path = Agent(cfg, make_tiny_policy(), seed=0).save_acting_policy(tmp_path / "p")
+    loaded = load_acting_policy(path)
+    assert (loaded.reduce, loaded.pessimism) == ("min", 0.7)
+    data = json.loads((path / RANKER_CONFIG).read_text())
+    del data["reduce"], data["pessimism"]  # a ranker written before the rule was recorded
+    (path / RANKER_CONFIG).write_text(json.dumps(data))
+    assert load_acting_policy(path).reduce == "mean"
+    (path / RANKER_CONFIG).write_text(json.dumps({**data, "reduce": "median"}))
+    with pytest.raises(CheckpointError, match="ranker.json: reduce must be one of"):
+        load_acting_policy(path)
+    with pytest.raises(ValueError, match="AgentConfig.rank_heads must be one of"):
+        Agent(dataclasses.replace(cfg, rank_heads="max"), make_tiny_policy(), seed=0)
 
 
 def test_a_policy_saved_without_best_of_n_drops_a_stale_ranker(tmp_path):

@@ -99,25 +99,6 @@ def td_target(
     return reward + discount * bootstrap
 
 
-HEAD_RULES = ("mean", "min", "pessimistic")
-
-
-def combine_heads(q: torch.Tensor, rule: str, pessimism: float = 0.5) -> torch.Tensor:
-    """One value per sample from critic heads ``q`` ``(E, B)``: ``(B,)``.
-
-    ``"min"``: clipped double-Q (LWD's targets); ``"mean"``; ``"pessimistic"``: ``mean -
-    pessimism * std`` over heads (population std), QAM's rule for its 10-head ensemble. With
-    two heads ``min = mean - std``, so pessimism 1 reproduces ``"min"``.
-    """
-    if rule == "mean":
-        return q.mean(0)
-    if rule == "min":
-        return q.min(0).values
-    if rule == "pessimistic":
-        return q.mean(0) - pessimism * q.std(0, correction=0)
-    raise ValueError(f"unknown critic head rule {rule!r}; expected one of {HEAD_RULES}")
-
-
 def critic_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``mean over heads and batch of (Q - y)^2``: ``q`` ``(E, B)``, ``target`` ``(B,)``."""
     return (q - target.detach()[None, :]).square().mean()

@@ -7,7 +7,10 @@ same checkpoint directory, as two optional files beside ``save_policy``'s::
     ckpt/
       ranker.safetensors   Critic.state_dict() (the learner's target critic)
       ranker.json          {"format": 1, "kind": "best_of_n", "n": 16, "reduce": "mean",
-                            "critic": {"width": 256, "depth": 4, "heads": 2}}
+                            "pessimism": 0.5, "critic": {"width": 256, "depth": 4, "heads": 2}}
+
+``reduce`` is the heads rule the samples are ranked by (``AgentConfig.rank_heads``;
+``lwd.nets.critic.combine_heads``); files without it rank by the mean.
 
 A checkpoint without them acts exactly as before. Learners keep loading the flow alone with
 :func:`~lwd.policy.checkpoint.load_policy`; whatever acts (robots, evaluation, data generation)
@@ -25,7 +28,7 @@ import torch
 from torch import nn
 
 from lwd.config import PolicyConfig
-from lwd.nets.critic import Critic, build_critic
+from lwd.nets.critic import HEAD_RULES, Critic, build_critic, combine_heads
 from lwd.policy.checkpoint import (
     FORMAT,
     CheckpointError,
@@ -46,17 +49,28 @@ _KIND = "best_of_n"
 
 
 class BestOfN(nn.Module):
-    """A flow policy that acts with the best of ``n`` samples under ``critic`` (mean of heads).
+    """A flow policy that acts with the best of ``n`` samples under ``critic``, its heads
+    combined by ``reduce`` (:func:`~lwd.nets.critic.combine_heads`).
 
     It has the :class:`FlowPolicy` acting interface (``cfg``, ``normalizer``, ``device``,
     ``sample``), so ``FlowPolicyRunner`` and the robots use it unchanged.
     """
 
-    def __init__(self, policy: FlowPolicy, critic: Critic, n: int) -> None:
+    def __init__(
+        self,
+        policy: FlowPolicy,
+        critic: Critic,
+        n: int,
+        reduce: str = "mean",
+        pessimism: float = 0.5,
+    ) -> None:
         super().__init__()
         if n < 1:
             raise ValueError(f"best-of-N needs n >= 1 samples, got {n}")
+        if reduce not in HEAD_RULES:
+            raise ValueError(f"best-of-N ranks by one of {HEAD_RULES}, got {reduce!r}")
         self.policy, self.critic, self.n = policy, critic, int(n)
+        self.reduce, self.pessimism = reduce, float(pessimism)
 
     @property
     def cfg(self) -> PolicyConfig:
@@ -75,7 +89,7 @@ class BestOfN(nn.Module):
         """As :meth:`FlowPolicy.sample`; ``noise``, if given, is ``(B, n, H, A)`` or ``(B*n, ...)``.
 
         Returns:
-            ``(B, H, A)``: per row, the sample with the highest mean-of-heads Q.
+            ``(B, H, A)``: per row, the sample with the highest Q (heads combined by ``reduce``).
         """
         n, device = self.n, self.device
         state_t = _as_tensor(state, device, torch.float32)
@@ -97,22 +111,35 @@ class BestOfN(nn.Module):
         self.critic.eval()
         try:
             state_n = self.normalizer.normalize_state(rep(state_t))
-            q = self.critic(state_n, rep(lang_t), actions, rep(image_t)).mean(0)  # (B*n,)
+            qs = self.critic(state_n, rep(lang_t), actions, rep(image_t))  # (E, B*n)
+            q = combine_heads(qs, self.reduce, self.pessimism)
         finally:
             self.critic.train(was_training)
         best = q.view(b, n).argmax(dim=1)
         return actions.view(b, n, *actions.shape[1:])[torch.arange(b, device=device), best]
 
 
-def save_ranker(directory: str | Path, critic: Critic, n: int) -> None:
-    """Add ``critic`` as the best-of-``n`` ranker of the policy checkpoint in ``directory``."""
+def save_ranker(
+    directory: str | Path, critic: Critic, n: int, *, reduce: str = "mean", pessimism: float = 0.5
+) -> None:
+    """Add ``critic`` as the best-of-``n`` ranker (heads combined by ``reduce``) of the policy
+    checkpoint in ``directory``."""
+    if reduce not in HEAD_RULES:
+        raise ValueError(f"best-of-N ranks by one of {HEAD_RULES}, got {reduce!r}")
     directory = Path(directory)
     mlp = critic.heads
     depth = len(mlp.hidden)
     heads = mlp.out.weight.shape[0]
     save_module_weights(directory / RANKER_FILE, critic)
     spec = {"width": int(mlp.width), "depth": depth, "heads": int(heads)}
-    config = {"format": FORMAT, "kind": _KIND, "n": int(n), "reduce": "mean", "critic": spec}
+    config = {
+        "format": FORMAT,
+        "kind": _KIND,
+        "n": int(n),
+        "reduce": reduce,
+        "pessimism": float(pessimism),
+        "critic": spec,
+    }
     _write_json(directory / RANKER_CONFIG, config)
 
 
@@ -167,6 +194,7 @@ def load_acting_policy(
     try:
         spec = data["critic"]
         n = int(data["n"] if best_of_n is None else best_of_n)
+        reduce, pessimism = data.get("reduce", "mean"), float(data.get("pessimism", 0.5))
         critic = build_critic(
             policy.cfg, int(spec["width"]), int(spec["depth"]), int(spec["heads"])
         )
@@ -174,10 +202,12 @@ def load_acting_policy(
         raise CheckpointError(f"{path}: invalid ranker config ({exc!r})") from exc
     if n < 1:
         raise CheckpointError(f"{path}: best-of-N needs n >= 1, got {n}")
+    if reduce not in HEAD_RULES:
+        raise CheckpointError(f"{path}: reduce must be one of {HEAD_RULES}, got {reduce!r}")
     if n == 1:
         return policy
     load_module_weights(directory / RANKER_FILE, critic)
-    return BestOfN(policy, critic.to(device).eval(), n)
+    return BestOfN(policy, critic.to(device).eval(), n, reduce, pessimism)
 
 
 def load_runner(
