@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 import ogbench.manipspace  # noqa: F401  (registers the OGBench manipulation environments)
 
+from lwd.sim.ogbench_env import seeded_reset
 from lwd.sim.ogbench_tasks import OgbenchTask, format_states, ogbench_task
 from lwd.sim.skills import SkillRunner, plan
 from lwd.sim.tasks import SceneGoal, TaskSpec
@@ -121,8 +122,7 @@ def evaluate_singletask(
         for i in range(episodes):
             ep_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
             np.random.seed(ep_seed)  # OGBench's oracles use numpy's global generator
-            env.action_space.seed(ep_seed)  # OGBench steps randomly to settle the goal scene
-            ob, info = env.reset(seed=ep_seed)
+            ob, info = seeded_reset(env, ep_seed)  # OGBench's settle steps included
             if isinstance(actor, OraclePolicy):
                 actor.reset()
             steps, done = 0, False

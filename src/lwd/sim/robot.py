@@ -24,6 +24,7 @@ import numpy as np
 import ogbench.manipspace  # noqa: F401  (registers the OGBench manipulation environments)
 
 from lwd.sim.layout import ACTION_DIM, pack_state
+from lwd.sim.ogbench_env import seeded_reset
 from lwd.sim.progress import SubtaskTracker
 from lwd.sim.tasks import CONTROL_DT, SceneGoal, TaskSpec
 from lwd.types import Observation, StepResult
@@ -252,8 +253,8 @@ class SimRobot:
         self._apply_perturbation(self.env)
         self.task = task
         self._rng = np.random.default_rng([seed, 104729])
-        self._raw_ob, self.info = self.env.reset(
-            seed=int(seed), options=dict(task_info=self._task_info(task))
+        self._raw_ob, self.info = seeded_reset(
+            self.env, seed, options=dict(task_info=self._task_info(task))
         )
         self._queue = collections.deque(
             np.zeros(ACTION_DIM) for _ in range(self.perturbation.action_delay)
