@@ -48,6 +48,11 @@ RANKER_FILES = (RANKER_CONFIG, RANKER_FILE)
 _KIND = "best_of_n"
 
 
+def _check_reduce(reduce: str) -> None:
+    if reduce not in HEAD_RULES:
+        raise ValueError(f"best-of-N ranks by one of {HEAD_RULES}, got {reduce!r}")
+
+
 class BestOfN(nn.Module):
     """A flow policy that acts with the best of ``n`` samples under ``critic``, its heads
     combined by ``reduce`` (:func:`~lwd.nets.critic.combine_heads`).
@@ -67,8 +72,7 @@ class BestOfN(nn.Module):
         super().__init__()
         if n < 1:
             raise ValueError(f"best-of-N needs n >= 1 samples, got {n}")
-        if reduce not in HEAD_RULES:
-            raise ValueError(f"best-of-N ranks by one of {HEAD_RULES}, got {reduce!r}")
+        _check_reduce(reduce)
         self.policy, self.critic, self.n = policy, critic, int(n)
         self.reduce, self.pessimism = reduce, float(pessimism)
 
@@ -124,8 +128,7 @@ def save_ranker(
 ) -> None:
     """Add ``critic`` as the best-of-``n`` ranker (heads combined by ``reduce``) of the policy
     checkpoint in ``directory``."""
-    if reduce not in HEAD_RULES:
-        raise ValueError(f"best-of-N ranks by one of {HEAD_RULES}, got {reduce!r}")
+    _check_reduce(reduce)
     directory = Path(directory)
     mlp = critic.heads
     depth = len(mlp.hidden)
