@@ -4,6 +4,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+
+# A fresh install takes about 2.2 GB (.venv) plus pip's unpacking room; stop early with a clear
+# message rather than fail half-way through pip with "No space left on device".
+need_mb=${LWD_SETUP_NEED_MB:-3000}
+if ! .venv/bin/python -c "import torch, lwd" 2>/dev/null; then
+  for dir in . "${TMPDIR:-/tmp}"; do
+    free_mb=$(df -Pm "$dir" | awk 'NR==2 {print $4}')
+    if [ -n "$free_mb" ] && [ "$free_mb" -lt "$need_mb" ]; then
+      echo "lwd setup: only ${free_mb} MB free on the disk holding $(cd "$dir" && pwd);" \
+        "installing needs about ${need_mb} MB. Free some space (old clones, caches) and" \
+        "run this again; nothing has been changed." >&2
+      exit 1
+    fi
+  done
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
