@@ -50,7 +50,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2000, help="DIVL + QAM updates")
     p.add_argument("--eval-every", type=int, default=1000)
     p.add_argument("--eval-episodes", type=int, default=10)
-    p.add_argument("--lam", type=float, default=0.1)
+    p.add_argument(
+        "--lam",
+        type=float,
+        default=0.1,
+        help="QAM temperature on our {0,1}-reward Q; QAM's inv_temp k (-1/0 reward, gamma 0.99) "
+        "is lambda = 1/(100 k) here",
+    )
     p.add_argument("--actor-warmup", type=int, default=500)
     p.add_argument("--workers", type=int, default=2, help="data generation processes")
     p.add_argument("--threads", type=int, default=1)
